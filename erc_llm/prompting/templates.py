@@ -1,0 +1,69 @@
+"""Prompt templates are Jinja2 files in `prompts/`; a template renders a system and a user message."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import jinja2
+
+PROMPTS_ENV = "ERC_LLM_PROMPTS"
+_REQUIRED_BLOCKS = ("system", "user")
+
+
+def prompt_dirs() -> list[Path]:
+    """Folders searched for templates: $ERC_LLM_PROMPTS, the repo's prompts/, the installed copy."""
+    dirs = []
+    if os.environ.get(PROMPTS_ENV):
+        dirs.append(Path(os.environ[PROMPTS_ENV]))
+    package_dir = Path(__file__).resolve().parents[1]
+    dirs.append(package_dir.parent / "prompts")  # source checkout / editable install
+    dirs.append(package_dir / "_prompts")  # wheel install (see pyproject data mapping)
+    return [d for d in dirs if d.is_dir()]
+
+
+def find_template(name: str) -> Path:
+    """Path of a template given by file name (searched in `prompt_dirs`) or by path."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    for folder in prompt_dirs():
+        candidate = folder / name
+        if candidate.is_file():
+            return candidate
+    available = sorted({p.name for d in prompt_dirs() for p in d.glob("*.j2")})
+    raise FileNotFoundError(f"prompt template {name!r} not found; available: {available}")
+
+
+@lru_cache(maxsize=32)
+def _load(path: str, mtime: float) -> jinja2.Template:
+    """Compile a template file (cached per path and modification time)."""
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
+    template = env.from_string(Path(path).read_text(encoding="utf-8"))
+    missing = [b for b in _REQUIRED_BLOCKS if b not in template.blocks]
+    if missing:
+        raise ValueError(f"prompt template {path} lacks block(s) {missing}; it needs {{% block system %}} and user")
+    return template
+
+
+def load_template(name: str) -> jinja2.Template:
+    """Compiled template by name or path."""
+    path = find_template(name)
+    return _load(str(path.resolve()), path.stat().st_mtime)
+
+
+def render_messages(template: jinja2.Template, variables: dict) -> list[dict[str, str]]:
+    """Render the template's blocks into chat messages (system, user)."""
+    context = template.new_context(variables)
+    messages = []
+    for role in _REQUIRED_BLOCKS:
+        text = "".join(template.blocks[role](context)).strip()
+        if text:
+            messages.append({"role": role, "content": text})
+    return messages
+
+
+def template_text(name: str) -> str:
+    """Raw text of a template (saved beside trained adapters)."""
+    return find_template(name).read_text(encoding="utf-8")
