@@ -1,0 +1,111 @@
+"""Crash-safe file writing shared by every stage of the toolkit.
+
+Each helper writes into a temporary file next to the target, flushes and fsyncs it, then swaps it into place
+with ``os.replace``. A reader therefore sees either the old file or the complete new one, never half of it,
+and an interrupted write leaves no stray temporary file behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_json", "atomic_write_text"]
+
+_DEFAULT_FILE_MODE = 0o644
+
+
+def _process_umask() -> int:
+    """Return the process umask without changing it (falls back to 022 where /proc is unavailable)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
+
+
+def _target_mode(path: Path) -> int:
+    """Permissions the written file should get: the existing file's, else the umask-filtered default."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        return 0o666 & ~_process_umask() if os.name == "posix" else _DEFAULT_FILE_MODE
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Persist a rename in ``directory`` where the platform allows opening directories."""
+    try:
+        directory_fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(directory_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(directory_fd)
+
+
+@contextlib.contextmanager
+def atomic_open(
+    path: str | os.PathLike[str], mode: str = "w", encoding: str = "utf-8", newline: str | None = "\n"
+) -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path`` that replaces ``path`` only if the ``with`` block succeeds.
+
+    ``mode`` is ``"w"`` (text, with ``encoding`` and ``newline`` as for ``open``; pass ``newline=""`` for the
+    csv module) or ``"wb"`` (binary). Parent directories are created.
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open supports modes 'w' and 'wb', not {mode!r}")
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    file_mode = _target_mode(target)
+    temp_fd, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    temp_path = Path(temp_name)
+    try:
+        if mode == "wb":
+            handle: IO[Any] = os.fdopen(temp_fd, "wb")
+        else:
+            handle = os.fdopen(temp_fd, "w", encoding=encoding, newline=newline)
+        with handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temp_path, file_mode)
+        os.replace(temp_path, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            temp_path.unlink()
+        raise
+    _fsync_directory(target.parent)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> Path:
+    """Atomically replace ``path`` with ``text``; return the path written."""
+    with atomic_open(path, "w", encoding=encoding) as handle:
+        handle.write(text)
+    return Path(path)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Atomically replace ``path`` with ``data``; return the path written."""
+    with atomic_open(path, "wb") as handle:
+        handle.write(data)
+    return Path(path)
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any, indent: int | None = 2) -> Path:
+    """Atomically write ``obj`` as UTF-8 JSON (non-ASCII kept readable, trailing newline); return the path.
+
+    Serialisation happens before the file is touched, so an unserialisable object leaves ``path`` unchanged.
+    """
+    text = json.dumps(obj, ensure_ascii=False, indent=indent, allow_nan=False) + "\n"
+    return atomic_write_text(path, text)
