@@ -212,6 +212,9 @@ def test_predictions_round_trip(tmp_path: Path) -> None:
         "scores",
     ]
     assert PredictionRecord.from_dict(records[0].to_dict()) == records[0]
+    fresh_run_dir = tmp_path / "runs" / "new_run"
+    assert write_predictions(fresh_run_dir, records) == fresh_run_dir / "predictions.jsonl"
+    assert read_predictions(fresh_run_dir) == records
 
 
 def test_bad_jsonl_line_names_file_and_line(tmp_path: Path) -> None:

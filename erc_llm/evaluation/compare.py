@@ -59,13 +59,13 @@ class ReferenceResult:
 REFERENCE_RESULTS: tuple[ReferenceResult, ...] = (
     ReferenceResult("meld", "test", "InstructERC", "LLaMA2-7B, LoRA", 69.15, "Lei et al., 2023"),
     ReferenceResult("meld", "test", "BiosERC", "Llama-2-7B, LoRA", 68.72, "Xue et al., 2024"),
-    ReferenceResult("meld", "test", "SPCL", "RoBERTa-large", 67.25, "Song et al., 2022"),
-    ReferenceResult("meld", "test", "CoMPM", "RoBERTa-large", 66.52, "Lee & Lee, 2022"),
+    ReferenceResult("meld", "test", "SPCL", "fine-tuned encoder", 67.25, "Song et al., 2022"),
+    ReferenceResult("meld", "test", "CoMPM", "fine-tuned encoder", 66.52, "Lee & Lee, 2022"),
     ReferenceResult("emorynlp", "test", "InstructERC", "LLaMA2-7B, LoRA", 41.37, "Lei et al., 2023"),
     ReferenceResult("emorynlp", "test", "BiosERC", "Llama-2-7B, LoRA", 41.44, "Xue et al., 2024"),
-    ReferenceResult("emorynlp", "test", "SPCL", "RoBERTa-large", 40.94, "Song et al., 2022"),
-    ReferenceResult("emorynlp", "test", "TUCORE-GCN", "RoBERTa-large", 39.24, "Lee & Choi, 2021"),
-    ReferenceResult("emorynlp", "test", "CoMPM", "RoBERTa-large", 38.93, "Lee & Lee, 2022"),
+    ReferenceResult("emorynlp", "test", "SPCL", "fine-tuned encoder", 40.94, "Song et al., 2022"),
+    ReferenceResult("emorynlp", "test", "TUCORE-GCN", "fine-tuned encoder", 39.24, "Lee & Choi, 2021"),
+    ReferenceResult("emorynlp", "test", "CoMPM", "fine-tuned encoder", 38.93, "Lee & Lee, 2022"),
 )
 
 _CORPUS_ALIASES = {"emory": "emorynlp"}

@@ -136,13 +136,20 @@ def _parse_scores(raw_scores: Any) -> dict[str, float] | None:
 
 
 def _predictions_path(path: str | os.PathLike[str]) -> Path:
-    """Accept either a run directory or the predictions file itself."""
+    """Resolve a run directory or a predictions file path to the predictions file.
+
+    A path that is an existing directory, or that does not end in ``.jsonl`` (e.g. a run directory not yet
+    created), means ``<path>/predictions.jsonl``.
+    """
     candidate = Path(path)
-    return candidate / PREDICTIONS_FILENAME if candidate.is_dir() else candidate
+    if candidate.is_dir() or candidate.suffix != ".jsonl":
+        return candidate / PREDICTIONS_FILENAME
+    return candidate
 
 
 def write_predictions(path: str | os.PathLike[str], records: Iterable[PredictionRecord]) -> Path:
-    """Atomically write ``records`` as JSON lines to ``path`` (a file, or a run directory); return the file.
+    """Atomically write ``records`` as JSON lines to ``path`` (a ``.jsonl`` file or a run directory, created if
+    missing); return the file written.
 
     Raises ValueError if two records share a ``(dialogue_id, utterance_index)`` key.
     """
