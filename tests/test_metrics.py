@@ -132,14 +132,20 @@ def test_vectorised_resamples_equal_sklearn_on_each_resample() -> None:
             assert samples[resample] == pytest.approx(expected), (metric, resample)
 
 
-def test_resampling_is_reproducible_and_chunking_keeps_count() -> None:
-    chunks = list(iter_resample_indices(3_000_000, 3, seed=0))
-    assert sum(chunk.shape[0] for chunk in chunks) == 3
+def test_resampling_is_reproducible_and_chunked(monkeypatch: pytest.MonkeyPatch) -> None:
     gold = meld_like_gold(100, 0)
     pred = noisy_predictions(gold, 0.5, 1)
     first = bootstrap_metric_samples(gold, pred, MELD_LABELS, n_resamples=50, seed=11)
     second = bootstrap_metric_samples(gold, pred, MELD_LABELS, n_resamples=50, seed=11)
     np.testing.assert_array_equal(first, second)
+
+    monkeypatch.setattr("erc_llm.evaluation.metrics._MAX_INDICES_PER_CHUNK", 700)  # 7 resamples per chunk
+    chunks = list(iter_resample_indices(100, 50, seed=11))
+    assert [chunk.shape for chunk in chunks] == [(7, 100)] * 7 + [(1, 100)]
+    chunked = bootstrap_metric_samples(gold, pred, MELD_LABELS, n_resamples=50, seed=11)
+    assert chunked.shape == (50,)
+    interval = bootstrap_ci(gold, pred, MELD_LABELS, n_resamples=50, seed=11)
+    assert interval["low"] <= interval["estimate"] <= interval["high"]
 
 
 def test_bootstrap_ci_contains_estimate_and_narrows_with_more_data() -> None:
