@@ -9,6 +9,8 @@ import sys
 # Modules that add command groups; each exposes `register_cli(subparsers)` and keeps heavy imports lazy.
 COMMAND_MODULES = (
     "erc_llm.data.cli",
+    "erc_llm.evaluation.compare",
+    "erc_llm.labelling.cli",
 )
 
 
