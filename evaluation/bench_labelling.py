@@ -1,0 +1,150 @@
+"""Labelling throughput on one corpus split: vLLM vs a naive transformers `generate` loop vs transformers
+label scoring, in one run on the same prompts.
+
+    .venv/bin/python evaluation/bench_labelling.py --corpus meld --split test [--adapter runs/sft/x] \
+        [--naive-limit 300]
+
+Prints utterances/s and prompt tokens/s per method, the engine start time, how often each method's answer
+is a valid label, the agreement between methods, and the command to rerun. The naive loop (one prompt at a
+time, unconstrained greedy `generate`) is timed on the first --naive-limit prompts (it is the slow baseline);
+the other two label the whole split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+
+MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def cpu_name() -> str:
+    """Processor model name (for the record)."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown"
+
+
+def build_prompts(args):
+    """Prompts for every utterance of the split (context-only config unless an adapter brings its own)."""
+    from erc_llm.data import CORPORA, load_split
+    from erc_llm.labelling.config import LabelConfig
+    from erc_llm.labelling.run import prompt_config_for
+    from erc_llm.prompting.dataset import build_prompt_builder
+
+    cfg = LabelConfig(corpus=args.corpus, split=args.split, adapter=args.adapter, backend="hf")
+    prompt_cfg = prompt_config_for(cfg)
+    if prompt_cfg.needs_rounds:
+        prompt_cfg.eval_history_source = "none"  # one batch over all prompts: history-free for the benchmark
+    builder = build_prompt_builder(prompt_cfg, args.corpus, None)
+    dialogues = load_split(args.corpus, args.split).dialogues
+    examples = builder.unconditioned_examples(dialogues)
+    return examples, CORPORA[args.corpus].label_set.labels
+
+
+def naive_generate(model, tokenizer, examples, labels, limit: int) -> tuple[float, list[str], int]:
+    """One prompt at a time, unconstrained greedy generation of a few tokens; returns seconds, answers, tokens."""
+    import torch
+
+    answers, tokens = [], 0
+    start = time.perf_counter()
+    for ex in examples[:limit]:
+        ids = tokenizer.apply_chat_template(ex.messages, add_generation_prompt=True, return_tensors="pt",
+                                            return_dict=True)
+        tokens += ids["input_ids"].shape[1]
+        with torch.inference_mode():
+            out = model.generate(**ids, max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+        text = tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip().lower()
+        answers.append(next((label for label in labels if text.startswith(label)), text))
+    return time.perf_counter() - start, answers, tokens
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--corpus", default="meld")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--adapter", default=None)
+    parser.add_argument("--naive-limit", type=int, default=300)
+    parser.add_argument("--hf-batch-size", type=int, default=16)
+    parser.add_argument("--vllm-batch-size", type=int, default=512)
+    parser.add_argument("--out", default=None, help="also write the figures as JSON here")
+    args = parser.parse_args()
+
+    examples, labels = build_prompts(args)
+    n = len(examples)
+    gold = [e.label for e in examples]
+    results: dict[str, dict] = {}
+
+    # ---- naive transformers generate loop ------------------------------------------------------------------
+    from erc_llm.labelling.hf_engine import HFEngine
+
+    hf = HFEngine(MODEL, labels, adapter=args.adapter, batch_size=args.hf_batch_size)
+    seconds, answers, tokens = naive_generate(hf.model, hf.tokenizer, examples, labels, args.naive_limit)
+    results["naive_generate"] = {"utterances": len(answers), "seconds": seconds, "prompt_tokens": tokens,
+                                 "valid": sum(a in labels for a in answers) / len(answers), "preds": answers}
+
+    # ---- transformers label scoring (one forward pass per prompt, batched) -----------------------------------
+    start = time.perf_counter()
+    hf.scorer.prompt_tokens = 0
+    scores = hf.score([e.messages for e in examples])
+    results["hf_label_scoring"] = {"utterances": n, "seconds": time.perf_counter() - start,
+                                   "prompt_tokens": hf.scorer.prompt_tokens, "valid": 1.0,
+                                   "preds": [max(s, key=s.get) for s in scores]}
+    del hf
+
+    # ---- vLLM (structured choice, prefix caching) ----------------------------------------------------------------
+    from erc_llm.labelling.engines import VLLMEngine
+
+    start = time.perf_counter()
+    engine = VLLMEngine(MODEL, labels, adapter=args.adapter, engine_args={"max_model_len": 2048})
+    started = time.perf_counter()
+    preds = []
+    for i in range(0, n, args.vllm_batch_size):
+        batch = engine.score([e.messages for e in examples[i:i + args.vllm_batch_size]])
+        preds += [max(s, key=s.get) for s in batch]
+    done = time.perf_counter()
+    tokenizer = engine.llm.get_tokenizer()
+    vtokens = sum(len(tokenizer.apply_chat_template(e.messages, add_generation_prompt=True)) for e in examples)
+    results["vllm"] = {"utterances": n, "seconds": done - started, "engine_start_seconds": started - start,
+                       "prompt_tokens": vtokens, "valid": sum(p in labels for p in preds) / n, "preds": preds}
+
+    # ---- report ------------------------------------------------------------------------------------------------
+    from erc_llm.evaluation.metrics import compute_metrics
+
+    print(f"# Labelling throughput, {args.corpus} {args.split} ({n} utterances), {MODEL}"
+          f"{' + ' + args.adapter if args.adapter else ''}")
+    print(f"date: {datetime.now(UTC).isoformat(timespec='seconds')}; machine: {os.cpu_count()} cores, {cpu_name()}; "
+          f"load average before: {os.getloadavg()[0]:.2f}")
+    print("| method | utterances timed | seconds | utt/s | prompt tok/s | valid labels | W-F1 on timed |")
+    print("|---|---|---|---|---|---|---|")
+    for name, r in results.items():
+        timed_gold = gold[: r["utterances"]]
+        wf1 = compute_metrics(timed_gold, [p if p in labels else labels[0] for p in r["preds"]], labels)["weighted_f1"]
+        print(f"| {name} | {r['utterances']} | {r['seconds']:.1f} | {r['utterances'] / r['seconds']:.2f} | "
+              f"{r['prompt_tokens'] / r['seconds']:.0f} | {100 * r['valid']:.1f}% | {100 * wf1:.2f} |")
+    naive_rate = results["naive_generate"]["utterances"] / results["naive_generate"]["seconds"]
+    vllm_rate = n / results["vllm"]["seconds"]
+    print(f"vLLM engine start: {results['vllm']['engine_start_seconds']:.1f} s (not in its utt/s)")
+    print(f"speed-up vLLM vs naive generate loop: {vllm_rate / naive_rate:.1f}x; "
+          f"vs HF label scoring: {vllm_rate / (n / results['hf_label_scoring']['seconds']):.1f}x")
+    agree = sum(a == b for a, b in zip(results["vllm"]["preds"], results["hf_label_scoring"]["preds"])) / n
+    print(f"vLLM and HF label scoring agree on {100 * agree:.1f}% of utterances")
+    print("command: " + shlex.join([sys.executable, *sys.argv]))
+    if args.out:
+        for r in results.values():
+            r.pop("preds")
+        with open(args.out, "w") as handle:
+            json.dump(results, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()
