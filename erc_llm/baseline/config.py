@@ -255,6 +255,7 @@ class BaselineTrainingArguments(TrainingArguments):
     logging_steps: float = field(default=50, metadata={"help": "Log the training loss every N steps."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep every collated input."})
     dataloader_num_workers: int = field(default=0, metadata={"help": "Data-loading worker processes."})
+    dataloader_pin_memory: bool = field(default=False, metadata={"help": "Pinned memory (GPU only)."})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -298,6 +299,10 @@ def _yaml_value(value: Any) -> Any:
     return str(value)
 
 
+# TrainingArguments fields that __post_init__ fills in from others; writing them back would not parse.
+_DERIVED_TRAINING_FIELDS = {"accelerator_config", "debug", "do_eval", "disable_tqdm"}
+
+
 def _field_default(f: dataclasses.Field) -> Any:
     """The declared default of a dataclass field (without building an instance)."""
     if f.default is not dataclasses.MISSING:
@@ -320,6 +325,8 @@ def resolved_config(
         if not f.init:
             continue
         value = getattr(training_args, f.name)
+        if f.name in _DERIVED_TRAINING_FIELDS or (f.name == "report_to" and not value):
+            continue
         if f.name in overridden or f.name == "seed" or value != stock_defaults.get(f.name):
             resolved[f.name] = _yaml_value(value)
     return resolved

@@ -179,9 +179,9 @@ def prepare_data(data_config: BaselineDataConfig, model_config: BaselineModelCon
             if source == "store":
                 inputs.optional_features[modality] = store.matrix(modality, utterances, split.split)
             elif source == "media":
-                media_store, _ = cached_media_features(modality, media_encoders[modality], utterances,
-                                                       cache_dir, data_config.media_dir)
-                inputs.optional_features[modality] = media_store.matrix(modality, utterances, split.split)
+                features, present, _ = cached_media_features(modality, media_encoders[modality], utterances,
+                                                             cache_dir, data_config.media_dir)
+                inputs.optional_features[modality] = (features, present)
         if registry is not None:
             inputs.speaker_ids = np.asarray(
                 [speaker_index.get(registry.primary_id(u), 0) for u in utterances], dtype=np.int64

@@ -7,8 +7,8 @@
 * `TextEncoder`: a frozen text encoder over context windows (`erc_llm.baseline.text`), pooled as configured.
 
 `cached_media_features` and `cached_text_features` write into `<feature_cache_dir>/<modality>-<fingerprint>/`,
-a normal feature store whose fingerprint covers the encoder, its settings and (for text) the exact inputs;
-entries already there are not recomputed.
+a normal feature store whose fingerprint covers the encoder and its settings (for text also the exact inputs);
+media vectors are keyed by the media file, text vectors by utterance; entries already there are not recomputed.
 """
 
 from __future__ import annotations
@@ -156,39 +156,58 @@ def media_path(utterance: Utterance, modality: str, media_dir: str | os.PathLike
     return None
 
 
+def media_cache_key(path: Path) -> str:
+    """Cache key of a media file: hash of its absolute path, size and modification time."""
+    info = path.stat()
+    identity = f"{path.resolve()}|{info.st_size}|{info.st_mtime_ns}"
+    return hashlib.sha256(identity.encode()).hexdigest()[:32]
+
+
 def cached_media_features(
     modality: str,
     encoder: AudioEncoder | FrameEncoder,
     utterances: Sequence[Utterance],
     cache_dir: str | os.PathLike[str],
     media_dir: str | os.PathLike[str] | None = None,
-) -> tuple[FeatureStore, int]:
-    """Extract `modality` features for utterances with media into the cache store; return (store, newly computed).
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """(features [N, dim], present mask [N], newly computed) for utterances, via the extraction cache.
 
-    Utterances without a media path, or whose file is missing or unreadable, are left out (masked later).
+    The cache is a feature store in `<cache_dir>/<modality>-<fingerprint of the encoder settings>/` keyed by
+    media file (path, size, mtime), so a file is encoded once whichever corpus or split refers to it.
+    Utterances without a media path, or whose file is missing or unreadable, are marked absent.
     """
     settings = encoder.settings()
     store_dir = Path(cache_dir) / f"{modality}-{fingerprint(settings)}"
     store = FeatureStore.open(store_dir, create=True)
     vectors = dict(store.vectors(modality)) if store.has(modality) else {}
+    features = np.zeros((len(utterances), encoder.dim), dtype=np.float32)
+    present = np.zeros(len(utterances), dtype=bool)
     computed = 0
-    for utterance in utterances:
-        key = canonical_key(utterance)
-        if key in vectors:
-            continue
+    for row, utterance in enumerate(utterances):
         path = media_path(utterance, modality, media_dir)
         if path is None:
             continue
-        try:
-            vectors[key] = encoder(path)
-        except MediaError as exc:
-            logger.warning("%s features: %s (utterance %s left without them)", modality, exc, key)
+        if not path.exists():
+            logger.warning("%s features: %s not found (utterance %s left without them)", modality, path,
+                           canonical_key(utterance))
             continue
-        computed += 1
+        key = media_cache_key(path)
+        if key not in vectors:
+            try:
+                vectors[key] = encoder(path)
+            except MediaError as exc:
+                logger.warning("%s features: %s (utterance %s left without them)", modality, exc,
+                               canonical_key(utterance))
+                continue
+            computed += 1
+        features[row] = vectors[key]
+        present[row] = True
     if computed or not store.has(modality):
-        store.write(modality, vectors, source=f"{encoder.name} via erc_llm extraction", details=settings)
-    logger.info("%s features: %d computed, %d cached in %s", modality, computed, len(vectors) - computed, store_dir)
-    return store, computed
+        store.write(modality, vectors, source=f"{encoder.name} via erc_llm extraction (keys: media file hashes)",
+                    details=settings)
+    logger.info("%s features: %d computed, %d from cache %s", modality, computed, int(present.sum()) - computed,
+                store_dir)
+    return features, present, computed
 
 
 def pool_hidden_states(
