@@ -22,11 +22,13 @@ class LeakageError(RuntimeError):
 
 @dataclass(frozen=True)
 class Demonstration:
-    """A retrieved training line shown with its label."""
+    """A retrieved training line shown with its label (`dialogue_id`/`index` say where it came from)."""
 
     speaker: str
     text: str
     label: str
+    dialogue_id: str | None = None
+    index: int | None = None
 
 
 class BiographySource(Protocol):

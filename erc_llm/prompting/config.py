@@ -38,6 +38,17 @@ class PromptConfig:
         default=False, metadata={"help": "Add k nearest training utterances with their labels."}
     )
     num_demonstrations: int = field(default=3, metadata={"help": "k for retrieved demonstrations."})
+    demonstration_query: str = field(
+        default="line",
+        metadata={"help": "What retrieves demonstrations: 'line' (the target line) or 'with_previous' (the "
+                          "dialogue's previous line and the target line)."},
+    )
+    unseen_speaker_biography: str = field(
+        default="nearest",
+        metadata={"help": "Biography of a speaker unseen in training (`unknown`, generic roles): 'nearest' (the "
+                          "profile of the known speaker whose training lines are closest to what this speaker said "
+                          "in the dialogue up to and including the target line) or 'none'."},
+    )
 
     def __post_init__(self) -> None:
         if self.past_window < 0 or self.future_window < 0:
@@ -50,6 +61,12 @@ class PromptConfig:
             raise ValueError(
                 f"eval_history_source must be 'predicted' or 'none' (gold labels never reach evaluation "
                 f"prompts), got {self.eval_history_source!r}"
+            )
+        if self.demonstration_query not in ("line", "with_previous"):
+            raise ValueError(f"demonstration_query must be 'line' or 'with_previous', got {self.demonstration_query!r}")
+        if self.unseen_speaker_biography not in ("nearest", "none"):
+            raise ValueError(
+                f"unseen_speaker_biography must be 'nearest' or 'none', got {self.unseen_speaker_biography!r}"
             )
         if self.history_window < 1 or self.num_demonstrations < 1:
             raise ValueError("history_window and num_demonstrations must be >= 1")
