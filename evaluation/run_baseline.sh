@@ -15,6 +15,8 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}   # no busy-waiting OpenMP threads on a shared CPU
 export ERC_LLM_DATA_DIR=${ERC_LLM_DATA_DIR:-$(cd .. && pwd)/shared/data}
 out=runs/baseline/bench_${corpus}
+mkdir -p "$(dirname "$out")"
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}   # also runs from a checkout without `pip install -e .`
 rm -rf "$out"
 cmd=("$PY" -m accelerate.commands.launch --num_processes 1 --num_machines 1 --mixed_precision no
      --dynamo_backend no --cpu recipes/baseline.py --config "recipes/encoder-fusion/${corpus}_text_context.yaml"

@@ -18,7 +18,9 @@ import torch
 
 from erc_llm.baseline import build_model, build_trainer, evaluate_splits, prepare_data
 from erc_llm.baseline.config import BaselineDataConfig, BaselineModelConfig, BaselineTrainingArguments
+from erc_llm.baseline.data import attach_media_paths
 from erc_llm.baseline.extractors import AudioEncoder, FrameEncoder, cached_media_features
+from erc_llm.baseline.features import write_feature_store
 from erc_llm.baseline.media import load_audio, load_frames
 from erc_llm.data import Utterance
 
@@ -188,3 +190,36 @@ def test_multimodal_training_masks_missing_and_moves_weights(media_corpus: Path,
     again = prepare_data(data_config, model_config)
     assert {p: p.stat().st_mtime_ns for p in stores} == stamps
     assert np.array_equal(again.splits["train"].optional_features["audio"][0], audio_features)
+
+
+def test_media_path_template_fills_only_missing_media():
+    utterances = [Utterance("meld/test/3", 0, ("A",), "x", utterance_id="dia3_utt0"),
+                  Utterance("meld/test/3", 1, ("B",), "y", utterance_id="dia3_utt1", media={"audio": "own.wav"})]
+    assert attach_media_paths(utterances, "{split}/{utterance_id}.mp4", "test") == 1
+    assert utterances[0].media == {"audio": "test/dia3_utt0.mp4", "video": "test/dia3_utt0.mp4"}
+    assert utterances[1].media == {"audio": "own.wav"}
+
+
+def test_feature_store_inputs_with_partial_coverage(media_corpus: Path, tmp_path: Path):
+    """User-provided features (the way MELD's released features are brought in): missing keys are masked."""
+    rng = np.random.default_rng(0)
+    store = tmp_path / "store"
+    # Canonical keys <dialogue_id>/<index>; one training dialogue has no visual features at all.
+    write_feature_store(store, "audio", {f"{d}/{i}": rng.normal(size=12) for d in ("train-d1", "train-d2", "dev-d3")
+                                         for i in range(6) if i != 4}, source="synthetic, unit test")
+    write_feature_store(store, "visual", {f"train-d1/{i}": rng.normal(size=5) for i in range(6)}, fmt="npz")
+    data_config = BaselineDataConfig(
+        corpus=str(media_corpus / "train.jsonl"), eval_file=str(media_corpus / "dev.jsonl"), test_split=None,
+        context_before=1, max_length=32, audio_source="store", visual_source="store", feature_store=str(store),
+        feature_cache_dir=str(tmp_path / "cache"),
+    )
+    model_config = BaselineModelConfig(text_pooling="mean")
+    data = prepare_data(data_config, model_config)
+    assert data.input_dims == {"text": 384, "audio": 12, "visual": 5}
+    assert data.splits["train"].optional_features["audio"][1].tolist() == [i % 6 != 4 for i in range(12)]
+    assert data.splits["train"].coverage()["visual"] == 0.5 and data.splits["eval"].coverage()["visual"] == 0.0
+    model = build_model(data, model_config)
+    batch = next(iter(build_trainer(model, data, model_config, BaselineTrainingArguments(
+        output_dir=str(tmp_path / "run"), per_device_train_batch_size=12)).get_train_dataloader()))
+    assert batch["audio_features"].shape == (12, 12) and batch["visual_mask"].dtype == torch.bool
+    assert torch.isfinite(model(**batch).loss)

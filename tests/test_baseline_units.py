@@ -211,3 +211,20 @@ def test_missing_modalities_are_masked(fusion: str):
     assert not torch.allclose(moved[0], output.logits[0])
     # A modality absent for the whole batch (no tensor at all) works too.
     assert model(text_features=text).logits.shape == (3, 3)
+
+
+def test_cli_features_info(tmp_path: Path, capsys):
+    import argparse
+    import json
+
+    from erc_llm.baseline.cli import register_cli
+
+    write_feature_store(tmp_path, "audio", {"a": np.ones(3), "b": np.zeros(3)}, source="unit")
+    parser = argparse.ArgumentParser()
+    register_cli(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["baseline", "features", "info", str(tmp_path)])
+    assert args.func(args) == 0
+    assert json.loads(capsys.readouterr().out)["audio"] == {"file": "audio.safetensors", "dim": 3, "source": "unit",
+                                                             "details": {}, "entries": 2}
+    train = parser.parse_args(["baseline", "train", "--config", "x.yaml", "--", "--loss", "focal"])
+    assert train.config == "x.yaml" and train.overrides[-2:] == ["--loss", "focal"]

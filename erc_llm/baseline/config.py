@@ -75,6 +75,12 @@ class BaselineDataConfig:
     media_dir: str | None = field(
         default=None, metadata={"help": "Folder that relative media paths in Utterance.media are resolved against."}
     )
+    media_path_template: str | None = field(
+        default=None,
+        metadata={"help": "Media path for utterances without Utterance.media, e.g. "
+                          "'{split}/{utterance_id}.mp4' (fields: split, utterance_id, dialogue_id, index); "
+                          "relative to media_dir; used for both audio and video."},
+    )
     feature_cache_dir: str | None = field(
         default=None,
         metadata={"help": "Where extracted features (media and frozen text) are cached; default <cache>/features."},
@@ -101,6 +107,13 @@ class BaselineDataConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise BaselineConfigError(f"{name} must be >= 1 or null, got {value}")
+        if self.media_path_template is not None:
+            try:
+                self.media_path_template.format(split="s", utterance_id="u", dialogue_id="d", index=0)
+            except (KeyError, IndexError, ValueError) as exc:
+                raise BaselineConfigError(
+                    f"media_path_template {self.media_path_template!r} is not a valid template: {exc}"
+                ) from None
         if self.eval_split == self.train_split:
             raise BaselineConfigError("eval_split must differ from train_split (early stopping on training data)")
 

@@ -33,6 +33,19 @@ logger = logging.getLogger(__name__)
 ROLES = ("train", "eval", "test")
 
 
+def attach_media_paths(utterances: Sequence[Utterance], template: str, split: str) -> int:
+    """Fill `audio` and `video` media paths from a template for utterances that have none; return how many."""
+    filled = 0
+    for utterance in utterances:
+        if utterance.media.get("audio") or utterance.media.get("video"):
+            continue
+        path = template.format(split=split, utterance_id=utterance.utterance_id or utterance.index,
+                               dialogue_id=utterance.dialogue_id, index=utterance.index)
+        utterance.media.update({"audio": path, "video": path})
+        filled += 1
+    return filled
+
+
 @dataclass
 class SplitInputs:
     """Model inputs of one split, row-aligned with `utterances`."""
@@ -166,6 +179,8 @@ def prepare_data(data_config: BaselineDataConfig, model_config: BaselineModelCon
         if split is None:
             continue
         utterances = list(split.utterances())
+        if data_config.media_path_template and "media" in sources.values():
+            attach_media_paths(utterances, data_config.media_path_template, split.split)
         label_ids = np.asarray(
             [label_set.index(u.label) if u.label is not None else IGNORE_INDEX for u in utterances], dtype=np.int64
         )

@@ -278,6 +278,9 @@ class TextEncoder:
             output[batch_rows] = pooled.float().numpy()
             if progress is not None:
                 progress(len(batch_rows))
+            done = start + len(batch_rows)
+            if done == len(order) or done // self.batch_size % 20 == 0:
+                logger.info("text features: %d/%d windows embedded", done, len(order))
         return output
 
 

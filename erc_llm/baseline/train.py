@@ -30,7 +30,7 @@ from erc_llm.baseline.config import (
     resolved_config,
     write_resolved_config,
 )
-from erc_llm.baseline.data import BaselineData, FusionCollator, FusionDataset, SplitInputs
+from erc_llm.baseline.data import BaselineData, FusionCollator, FusionDataset, SplitInputs, prepare_data
 from erc_llm.baseline.losses import IGNORE_INDEX, build_loss
 from erc_llm.baseline.model import FusionClassifier
 from erc_llm.evaluation import (
@@ -214,3 +214,21 @@ class Stopwatch:
     @property
     def seconds(self) -> float:
         return time.perf_counter() - self.start
+
+
+def train_and_evaluate(
+    data_config: BaselineDataConfig, model_config: BaselineModelConfig, training_args: BaselineTrainingArguments
+) -> dict[str, dict[str, Any]]:
+    """The whole recipe in one call (what `erc-llm baseline train` runs): seed, data, model, train, save, eval."""
+    from transformers import set_seed
+
+    set_seed(training_args.seed)
+    data = prepare_data(data_config, model_config)
+    model = build_model(data, model_config)
+    trainer = build_trainer(model, data, model_config, training_args)
+    clock = Stopwatch()
+    trainer.train()
+    train_seconds = clock.seconds
+    output_dir = save_run(trainer, data, data_config, model_config, training_args, train_seconds)
+    extra = run_extra(data, trainer, train_seconds, training_args.seed)
+    return evaluate_splits(trainer, data, output_dir, training_args.system_name, extra=extra)
