@@ -17,6 +17,7 @@ from erc_llm.evaluation import (
     write_predictions,
 )
 from erc_llm.evaluation.compare import CompareError, reference_results_for
+from erc_llm.evaluation.rundir import read_predictions
 
 MELD_LABELS = ["neutral", "joy", "surprise", "anger", "sadness", "disgust", "fear"]
 MELD_LABEL_SHARES = [0.48, 0.16, 0.11, 0.13, 0.08, 0.03, 0.01]
@@ -144,3 +145,13 @@ def test_reference_lookup_normalises_names() -> None:
     }
     assert [ref.weighted_f1 for ref in reference_results_for("MELD", "test")] == [69.15, 68.72, 67.25, 66.52]
     assert reference_results_for("iemocap", "test") == []
+
+
+def test_common_only_compares_the_shared_subset(tmp_path: Path) -> None:
+    full = build_run(tmp_path / "full", "full", 0.5, seed=6)
+    truncated = build_run(tmp_path / "truncated", "truncated", 0.5, seed=7, drop_last=3)
+    report = compare_runs([truncated, full], tmp_path / "out", n_resamples=10, figures=False, common_only=True)
+    text = report.read_text()
+    n_full = len(read_predictions(full))
+    assert f"Compared on the {n_full - 3} utterances every run labelled" in text
+    assert f"Utterances scored: {n_full - 3}" in text

@@ -160,6 +160,23 @@ def _check_runs_comparable(runs: Sequence[_LoadedRun]) -> None:
             )
 
 
+def _restrict_to_common_keys(runs: list[_LoadedRun]) -> str:
+    """Keep only the utterances every run labelled (in the first run's order); describe what was left out."""
+    common = set(runs[0].records)
+    for run in runs[1:]:
+        common &= set(run.records)
+    if not common:
+        raise CompareError("the runs share no utterance (keyed by dialogue_id, utterance_index)")
+    sizes = ", ".join(f"{run.run_dir}: {len(run.records)}" for run in runs)
+    for i, run in enumerate(runs):
+        runs[i] = _LoadedRun(
+            run_dir=run.run_dir, system=run.system, corpus=run.corpus, split=run.split,
+            recorded_labels=run.recorded_labels, records={k: run.records[k] for k in common},
+            key_order=[k for k in run.key_order if k in common],
+        )
+    return f"- Compared on the {len(common)} utterances every run labelled ({sizes})."
+
+
 def _infer_labels(runs: Sequence[_LoadedRun], keys: Sequence[tuple[str, int]]) -> list[str]:
     """Labels seen in the data: gold labels by descending frequency (ties by name), then predicted-only ones."""
     gold_counts = Counter(runs[0].records[key].gold for key in keys)
@@ -412,6 +429,7 @@ def compare_runs(
     seed: int = 0,
     examples_per_class: int = 3,
     figures: bool = True,
+    common_only: bool = False,
 ) -> Path:
     """Compare run directories and write ``out_dir/report.md`` plus PNG figures; return the report path.
 
@@ -419,7 +437,8 @@ def compare_runs(
     metrics.json; else the labels seen in the data (gold by frequency, then predicted-only). Utterances whose
     gold is null are left out of every score. ``n_resamples=0`` turns the bootstrap off; ``figures=False``
     writes the markdown only (no matplotlib needed). Raises CompareError
-    when the runs cover different corpora, splits, utterances or gold labels.
+    when the runs cover different corpora, splits, utterances or gold labels; with ``common_only`` runs that
+    labelled different subsets are compared on the utterances they share (the report says how many each had).
     """
     if not run_dirs:
         raise CompareError("give at least one run directory")
@@ -428,6 +447,7 @@ def compare_runs(
     if examples_per_class < 0:
         raise ValueError(f"examples_per_class must be >= 0, got {examples_per_class}")
     runs = [_load_run(Path(run_dir)) for run_dir in run_dirs]
+    coverage_note = _restrict_to_common_keys(runs) if common_only else None
     _check_runs_comparable(runs)
     first = runs[0]
     scored_keys = [key for key in first.key_order if first.records[key].gold is not None]
@@ -462,6 +482,7 @@ def compare_runs(
         "",
         f"- Utterances scored: {len(scored_keys)}"
         + (f" ({n_without_gold} without a gold label were skipped)" if n_without_gold else ""),
+        *([coverage_note] if coverage_note else []),
         f"- Labels: {', '.join(label_list)} ({len(label_list)}; {label_source})",
         "- Scores are in percent, recomputed from each run's predictions.jsonl on the same utterances.",
         (
@@ -593,6 +614,7 @@ def _run_compare_command(args: argparse.Namespace) -> int:
             seed=args.seed,
             examples_per_class=args.examples_per_class,
             figures=not args.no_figures,
+            common_only=args.common_only,
         )
     except (CompareError, RunFormatError, FileNotFoundError, ValueError) as error:
         print(f"erc-llm compare: error: {error}", file=sys.stderr)
@@ -638,6 +660,11 @@ def register_cli(subparsers: Any) -> argparse.ArgumentParser:
         help="bootstrap resamples for confidence intervals (0 turns them off; default 1000)",
     )
     parser.add_argument("--seed", type=int, default=0, help="bootstrap random seed (default 0)")
+    parser.add_argument(
+        "--common-only",
+        action="store_true",
+        help="compare on the utterances all runs labelled (e.g. an LLM run on a test slice vs a full baseline)",
+    )
     parser.add_argument(
         "--examples-per-class",
         type=int,
