@@ -1,0 +1,243 @@
+"""SFT recipe configuration: three dataclasses read from one flat YAML file by TRL's `TrlParser`.
+
+* `ERCDataArguments` - which corpus and which prompts: every `PromptConfig` switch (template, windows, biography,
+  history, demonstrations) plus corpus, splits and the training subsample.
+* `ERCSFTConfig` - TRL's `SFTConfig` (so every `transformers.TrainingArguments` key works) plus our training
+  fields: class weighting, batching, dev evaluation by label scoring, early stopping, merged export.
+* `trl.ModelConfig` - model id, dtype, attention implementation, LoRA rank/alpha/dropout/targets, 4-bit QLoRA.
+
+`parse_sft_args(["--config", "x.yaml", "--learning_rate", "1e-3"])` returns the three; a key that no dataclass
+knows (in the YAML or on the command line) is an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from trl import ModelConfig, SFTConfig, TrlParser
+
+from erc_llm.prompting.config import PromptConfig
+
+SUBSAMPLE_STRATEGIES = ("random", "stratified", "sqrt", "balanced")
+CLASS_WEIGHTINGS = ("none", "inverse", "sqrt_inverse")
+BATCHINGS = ("padding_free", "length_grouped", "padded")
+
+
+class SFTConfigError(ValueError):
+    """An SFT recipe value is invalid (the message names the field)."""
+
+
+@dataclass
+class ERCDataArguments(PromptConfig):
+    """Corpus, splits, training subsample and every prompt switch of `PromptConfig` (inherited)."""
+
+    corpus: str = field(default="meld", metadata={"help": "Corpus name (meld, emorynlp, emorynlp-csv) or a .jsonl."})
+    data_dir: str | None = field(
+        default=None, metadata={"help": "Corpus folder; default $ERC_LLM_DATA_DIR or ~/.cache/erc_llm/data."}
+    )
+    index_dir: str | None = field(
+        default=None, metadata={"help": "Folder of built FAISS indices (biographies/demonstrations), if used."}
+    )
+    train_split: str = field(default="train", metadata={"help": "Split the model is trained on."})
+    eval_split: str = field(default="dev", metadata={"help": "Split used for checkpoint selection (dev W-F1)."})
+    test_split: str | None = field(
+        default="test", metadata={"help": "Split labelled and scored after training (null: none)."}
+    )
+    train_subsample: int | None = field(
+        default=None, metadata={"help": "Train on this many utterances (null: the whole training split)."}
+    )
+    train_subsample_strategy: str = field(
+        default="stratified",
+        metadata={
+            "help": "How the subsample is drawn: 'random'; 'stratified' (class shares kept); 'sqrt' (class quota "
+            "proportional to sqrt(count): rare classes up, neutral down); 'balanced' (equal quota per class)."
+        },
+    )
+    subsample_seed: int = field(default=0, metadata={"help": "Seed of the training subsample."})
+    eval_subsample: int | None = field(
+        default=None,
+        metadata={"help": "Dev selection on about this many utterances, whole dialogues drawn at random (null: all)."},
+    )
+    test_subsample: int | None = field(
+        default=None, metadata={"help": "Score only about this many test utterances, whole dialogues (null: all)."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.train_subsample_strategy not in SUBSAMPLE_STRATEGIES:
+            raise SFTConfigError(
+                f"train_subsample_strategy must be one of {SUBSAMPLE_STRATEGIES}, got {self.train_subsample_strategy!r}"
+            )
+        for name in ("train_subsample", "eval_subsample", "test_subsample"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise SFTConfigError(f"{name} must be >= 1 or null, got {value}")
+        if self.eval_split == self.train_split:
+            raise SFTConfigError("eval_split must differ from train_split (selection on training data)")
+
+    def prompt_config(self) -> PromptConfig:
+        """The plain `PromptConfig` part (what the prompt builder and saved runs see)."""
+        names = {f.name for f in dataclasses.fields(PromptConfig)}
+        return PromptConfig(**{name: getattr(self, name) for name in names})
+
+
+@dataclass
+class ERCSFTConfig(SFTConfig):
+    """TRL `SFTConfig` with ERC defaults and fields: label-only weighted loss, label-scoring dev selection."""
+
+    # ---- overridden defaults (CPU-friendly; GPU recipes set their own) ----------------------------------
+    learning_rate: float = field(default=2e-4, metadata={"help": "Initial AdamW learning rate (LoRA scale)."})
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "Recompute activations in backward (saves memory, costs ~30% speed)."}
+    )
+    max_length: int | None = field(
+        default=1024,
+        metadata={"help": "Longest training sequence; longer prompts lose their oldest tokens, never the label."},
+    )
+    metric_for_best_model: str | None = field(
+        default="weighted_f1", metadata={"help": "Dev metric that selects the checkpoint (from label scoring)."}
+    )
+    greater_is_better: bool | None = field(default=True, metadata={"help": "Higher metric_for_best_model is better."})
+    report_to: None | str | list[str] = field(default="none", metadata={"help": "Experiment trackers to report to."})
+
+    # ---- ERC fields -----------------------------------------------------------------------------------
+    class_weighting: str = field(
+        default="none",
+        metadata={
+            "help": "Per-example loss weight from the training subsample's label counts: 'none'; 'inverse' "
+            "(w_c = N / (K * n_c)); 'sqrt_inverse' (w_c proportional to n_c^-1/2). Weights are normalised so that "
+            "their mean over training examples is 1, then clipped to max_class_weight."
+        },
+    )
+    max_class_weight: float = field(
+        default=10.0, metadata={"help": "Upper bound of a class weight after normalisation (rare-class spikes)."}
+    )
+    train_on_end_token: bool = field(
+        default=True,
+        metadata={"help": "Also train the chat template's end-of-turn token after the label (clean free generation)."},
+    )
+    batching: str = field(
+        default="padding_free",
+        metadata={
+            "help": "'padding_free': a batch is one flat sequence with restarting position_ids (no pad tokens; "
+            "transformers builds a block-diagonal causal mask for sdpa/eager, varlen kernels for flash-attn); "
+            "'length_grouped': padded batches of similar lengths; 'padded': plain padded batches."
+        },
+    )
+    label_score_batch_size: int = field(
+        default=32, metadata={"help": "Prompts per forward pass when scoring dev/test (left padding)."}
+    )
+    early_stopping_patience: int | None = field(
+        default=None, metadata={"help": "Stop after this many evaluations without dev improvement (null: never)."}
+    )
+    early_stopping_threshold: float = field(
+        default=0.0, metadata={"help": "Minimum dev metric gain that counts as an improvement."}
+    )
+    merge_adapter: bool = field(
+        default=False, metadata={"help": "Also save the LoRA-merged full model to <output_dir>/merged (for vLLM)."}
+    )
+    eval_at_start: bool = field(
+        default=False, metadata={"help": "Score the dev split before the first step (zero-shot reference)."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.class_weighting not in CLASS_WEIGHTINGS:
+            raise SFTConfigError(f"class_weighting must be one of {CLASS_WEIGHTINGS}, got {self.class_weighting!r}")
+        if self.batching not in BATCHINGS:
+            raise SFTConfigError(f"batching must be one of {BATCHINGS}, got {self.batching!r}")
+        if self.packing or self.padding_free:
+            raise SFTConfigError(
+                "packing/padding_free are TRL's own collators; this recipe batches with `batching` "
+                "('padding_free' keeps examples separate) and trains on label tokens only"
+            )
+        if self.max_class_weight < 1.0:
+            raise SFTConfigError(f"max_class_weight must be >= 1, got {self.max_class_weight}")
+        if self.label_score_batch_size < 1:
+            raise SFTConfigError("label_score_batch_size must be >= 1")
+        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
+            raise SFTConfigError("early_stopping_patience must be >= 1 or null")
+        if self.metric_for_best_model and self.metric_for_best_model.removeprefix("eval_") not in (
+            "weighted_f1", "macro_f1", "accuracy"
+        ):
+            raise SFTConfigError(
+                f"metric_for_best_model must be weighted_f1, macro_f1 or accuracy, got {self.metric_for_best_model!r}"
+            )
+        # Prompts are rendered and tokenised here (label-only labels, weights); TRL must not re-tokenise them.
+        self.dataset_kwargs = {**(self.dataset_kwargs or {}), "skip_prepare_dataset": True}
+        if self.batching == "length_grouped":
+            self.train_sampling_strategy = "group_by_length"
+        super().__post_init__()
+        if self.early_stopping_patience is not None and (self.eval_strategy == "no" or not self.load_best_model_at_end):
+            raise SFTConfigError("early_stopping_patience needs eval_strategy != 'no' and load_best_model_at_end: true")
+
+
+@dataclass
+class ERCModelConfig(ModelConfig):
+    """TRL `ModelConfig` (model id, dtype, attention, LoRA, 4-bit) plus where the LoRA adapters go."""
+
+    lora_top_layers: int | None = field(
+        default=None,
+        metadata={
+            "help": "Put LoRA only on the top N transformer layers (null: all). Backward then stops at the lowest "
+            "adapted layer, which cuts training time roughly in proportion on CPU."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.lora_top_layers is not None and self.lora_top_layers < 1:
+            raise SFTConfigError("lora_top_layers must be >= 1 or null")
+
+
+SFT_DATACLASSES = (ERCDataArguments, ERCSFTConfig, ERCModelConfig)
+
+
+def sft_parser() -> TrlParser:
+    """The parser for `recipes/sft.py` (YAML via --config, CLI overrides win)."""
+    return TrlParser(SFT_DATACLASSES)
+
+
+def parse_sft_args(argv: Sequence[str] | None = None) -> tuple[ERCDataArguments, ERCSFTConfig, ERCModelConfig]:
+    """Parse `--config x.yaml` plus overrides (sys.argv when None); unknown keys raise."""
+    data_args, training_args, model_args = sft_parser().parse_args_and_config(
+        args=None if argv is None else list(argv), fail_with_unknown_args=True
+    )
+    validate_model_args(model_args, training_args)
+    return data_args, training_args, model_args
+
+
+def validate_model_args(model_args: ERCModelConfig, training_args: ERCSFTConfig) -> None:
+    """Checks across dataclasses that TRL leaves to run time."""
+    if not model_args.model_name_or_path:
+        raise SFTConfigError("model_name_or_path is required")
+    if model_args.load_in_4bit and not model_args.use_peft:
+        raise SFTConfigError("load_in_4bit (QLoRA) trains LoRA adapters: set use_peft: true")
+    if model_args.load_in_4bit and training_args.use_cpu:
+        raise SFTConfigError("load_in_4bit needs bitsandbytes on a CUDA GPU; it cannot run with use_cpu: true")
+    if training_args.merge_adapter and not model_args.use_peft:
+        raise SFTConfigError("merge_adapter needs use_peft: true (a full fine-tune is already a full model)")
+
+
+def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> tuple[ERCDataArguments, ERCSFTConfig, ERCModelConfig]:
+    """Parse a recipe YAML (as `recipes/sft.py --config path` would)."""
+    return parse_sft_args(["--config", str(path), *overrides])
+
+
+def resolved_config(*configs: Any) -> dict[str, Any]:
+    """All fields of the parsed dataclasses as one flat JSON/YAML-ready dict (saved beside the adapter)."""
+    out: dict[str, Any] = {}
+    for cfg in configs:
+        values = cfg.to_dict() if hasattr(cfg, "to_dict") else dataclasses.asdict(cfg)
+        for key, value in values.items():
+            out[key] = value if isinstance(value, (str, int, float, bool, type(None), list, dict)) else str(value)
+    return out
+
+
+def dump_yaml(data: dict[str, Any]) -> str:
+    """YAML text of a resolved config (sorted keys)."""
+    return yaml.safe_dump(data, sort_keys=True, allow_unicode=True)

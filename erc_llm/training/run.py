@@ -1,0 +1,233 @@
+"""The steps of `recipes/sft.py`, one function each: data, prompts, tokenizer, model, trainer, outputs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from transformers import AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback, PreTrainedTokenizerBase
+from trl import get_peft_config, get_quantization_config
+
+from erc_llm.data.corpora import get_corpus, load_split
+from erc_llm.data.labels import LabelSet
+from erc_llm.data.schema import Dialogue
+from erc_llm.data.speakers import SpeakerRegistry
+from erc_llm.evaluation.rundir import PredictionRecord, write_metrics, write_predictions
+from erc_llm.io import atomic_write_json, atomic_write_text
+from erc_llm.prompting.builder import PromptBuilder
+from erc_llm.prompting.templates import template_text
+from erc_llm.training.collator import LabelOnlyCollator
+from erc_llm.training.config import ERCDataArguments, ERCModelConfig, ERCSFTConfig, dump_yaml, resolved_config
+from erc_llm.training.data import (
+    build_train_dataset,
+    class_weights,
+    dialogue_index_dataset,
+    subsample_dialogues,
+    subsample_examples,
+)
+from erc_llm.training.trainer import ERCSFTTrainer, score_records
+
+SYSTEM_NAME = "sft"
+
+
+@dataclass
+class CorpusSplits:
+    """The dialogues a run uses."""
+
+    label_set: LabelSet
+    train: list[Dialogue]
+    dev: list[Dialogue]
+    test: list[Dialogue] | None
+
+
+def load_corpus(args: ERCDataArguments) -> CorpusSplits:
+    """Train, dev (subsampled by whole dialogues if asked) and test dialogues plus the corpus label set."""
+    train = load_split(args.corpus, args.train_split, args.data_dir)
+    label_set = get_corpus(args.corpus).label_set if not args.corpus.endswith(".jsonl") else None
+    dev = load_split(args.corpus, args.eval_split, args.data_dir, label_set=label_set).dialogues
+    test = load_split(args.corpus, args.test_split, args.data_dir, label_set=label_set).dialogues if args.test_split else None
+    if label_set is None:  # a JSONL corpus: labels as found in its training file
+        seen = sorted({u.label for d in train.dialogues for u in d if u.label})
+        label_set = LabelSet(name=Path(args.corpus).stem, labels=tuple(seen))
+    dev = subsample_dialogues(dev, args.eval_subsample, args.subsample_seed)
+    if test is not None:
+        test = subsample_dialogues(test, args.test_subsample, args.subsample_seed)
+    return CorpusSplits(label_set, train.dialogues, dev, test)
+
+
+def make_prompt_builder(args: ERCDataArguments, splits: CorpusSplits) -> PromptBuilder:
+    """The prompt builder: `erc_llm.prompting.dataset.build_prompt_builder` when present (biographies, FAISS
+    demonstrations), else a context-only builder with a speaker registry from the training split."""
+    config = args.prompt_config()
+    if importlib.util.find_spec("erc_llm.prompting.dataset") is not None:
+        from erc_llm.prompting.dataset import build_prompt_builder
+
+        return build_prompt_builder(config, args.corpus, args.data_dir, index_dir=args.index_dir)
+    if config.use_biography or config.use_demonstrations:
+        raise RuntimeError(
+            "use_biography/use_demonstrations need erc_llm.prompting.dataset.build_prompt_builder, not installed here"
+        )
+    return PromptBuilder(config, splits.label_set, SpeakerRegistry.build([splits.train]))
+
+
+def load_tokenizer(model_path: str, model_args: ERCModelConfig, training_args: ERCSFTConfig) -> PreTrainedTokenizerBase:
+    """Tokenizer with a pad token (the EOS token when the model has none)."""
+    tokenizer = AutoTokenizer.from_pretrained(model_path, revision=model_args.model_revision,
+                                              trust_remote_code=training_args.trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(model_path: str, model_args: ERCModelConfig, training_args: ERCSFTConfig):
+    """The base causal LM (4-bit for QLoRA on GPU); PEFT wraps it inside the trainer."""
+    quantization = get_quantization_config(model_args)
+    dtype = model_args.dtype if model_args.dtype in ("auto", None) else getattr(torch, model_args.dtype)
+    kwargs: dict[str, Any] = {"revision": model_args.model_revision, "dtype": dtype,
+                              "trust_remote_code": training_args.trust_remote_code}
+    attn = model_args.attn_implementation or ("sdpa" if training_args.use_cpu or not torch.cuda.is_available() else None)
+    if attn:
+        kwargs["attn_implementation"] = attn
+    if quantization is not None:
+        from accelerate import PartialState
+
+        kwargs["quantization_config"] = quantization
+        kwargs["device_map"] = {"": PartialState().local_process_index}
+    model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
+    model.config.use_cache = False
+    return model
+
+
+def lora_config(model_args: ERCModelConfig, model):
+    """TRL's LoRA config from the model args, restricted to the top `lora_top_layers` layers when set."""
+    config = get_peft_config(model_args)
+    if config is not None and model_args.lora_top_layers:
+        n = model.config.get_text_config().num_hidden_layers
+        config.layers_to_transform = list(range(max(0, n - model_args.lora_top_layers), n))
+    return config
+
+
+def build_trainer(
+    model, tokenizer, model_args: ERCModelConfig, training_args: ERCSFTConfig, builder: PromptBuilder,
+    splits: CorpusSplits, train_size: int | None, strategy: str, seed: int,
+) -> tuple[ERCSFTTrainer, dict[str, Any]]:
+    """Render + tokenise training prompts, weight classes, wire collator, callbacks and PEFT into the trainer."""
+    from erc_llm.prompting.answer import label_tokens
+
+    answer = label_tokens(tokenizer, builder.label_set.labels)
+    examples = subsample_examples(builder.training_examples(splits.train), train_size, strategy, seed)
+    weights = class_weights([e.label for e in examples], training_args.class_weighting,
+                            training_args.max_class_weight)
+    dataset, stats = build_train_dataset(examples, tokenizer, answer, weights, training_args.max_length,
+                                         with_end=training_args.train_on_end_token)
+    collator = LabelOnlyCollator(pad_token_id=tokenizer.pad_token_id,
+                                 padding_free=training_args.batching == "padding_free",
+                                 pad_to_multiple_of=training_args.pad_to_multiple_of)
+    callbacks = []
+    if training_args.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(training_args.early_stopping_patience,
+                                               training_args.early_stopping_threshold))
+    trainer = ERCSFTTrainer(
+        model=model, args=training_args, train_dataset=dataset, eval_dataset=dialogue_index_dataset(splits.dev),
+        processing_class=tokenizer, data_collator=collator, peft_config=lora_config(model_args, model),
+        callbacks=callbacks, builder=builder, eval_dialogues=splits.dev,
+    )
+    counts: dict[str, int] = {}
+    for e in examples:
+        counts[e.label] = counts.get(e.label, 0) + 1
+    info = {
+        "train_examples": len(examples), "train_label_counts": dict(sorted(counts.items())),
+        "class_weights": {k: round(v, 4) for k, v in weights.items()}, "truncated_prompts": stats.truncated,
+        "mean_tokens_per_example": round(stats.mean_length, 1), "max_tokens_per_example": stats.max_length,
+        "answer_first_token_unique": answer.first_token_unique,
+    }
+    return trainer, info
+
+
+def is_main_process() -> bool:
+    """Rank 0 (or no process group)."""
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def world_size() -> int:
+    """Number of training processes."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def command_line() -> str:
+    """How this process was started (recorded in metrics.json)."""
+    launcher = "torchrun" if "TORCHELASTIC_RUN_ID" in os.environ else ("accelerate" if "ACCELERATE_PROCESS_ID" in os.environ else "python")
+    return f"{launcher} {shlex.join(sys.argv)}"
+
+
+def save_run_config(output_dir: str, data_args: ERCDataArguments, training_args: ERCSFTConfig,
+                    model_args: ERCModelConfig) -> None:
+    """Resolved config (YAML) and the prompt template text beside the adapter."""
+    if not is_main_process():
+        return
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "erc_config.yaml", dump_yaml(resolved_config(data_args, model_args, training_args)))
+    atomic_write_text(out / "prompt_template.j2", template_text(data_args.template))
+
+
+def write_split_outputs(run_dir: Path, split: str, corpus: str, records: Sequence[PredictionRecord],
+                        labels: Sequence[str], extra: dict[str, Any]) -> dict[str, Any]:
+    """predictions.jsonl + metrics.json of one labelled split (main process writes)."""
+    metrics = score_records(records, labels)
+    if is_main_process():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_predictions(run_dir, records)
+        write_metrics(run_dir, metrics, system=SYSTEM_NAME, corpus=corpus, split=split, command=command_line(),
+                      extra=extra)
+    return metrics
+
+
+def export_merged(trainer: ERCSFTTrainer, tokenizer, output_dir: str) -> Path | None:
+    """Save the LoRA-merged full model to <output_dir>/merged (vLLM on CPU loads it without PEFT)."""
+    target = Path(output_dir) / "merged"
+    if is_main_process():
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        merged = model.merge_and_unload()
+        merged.save_pretrained(str(target), safe_serialization=True)
+        tokenizer.save_pretrained(str(target))
+    if world_size() > 1:
+        dist.barrier()
+    return target
+
+
+def write_summary(output_dir: str, summary: dict[str, Any]) -> None:
+    """run_summary.json: sizes, timings, selection, throughput (main process)."""
+    if is_main_process():
+        atomic_write_json(Path(output_dir) / "run_summary.json", json.loads(json.dumps(summary, default=str)))
+
+
+def finish_distributed() -> None:
+    """Tear the process group down so torchrun sees a clean exit."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+class Stopwatch:
+    """Named wall-clock sections."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.sections: dict[str, float] = {}
+
+    def mark(self, name: str, since: float) -> None:
+        self.sections[name] = round(time.perf_counter() - since, 1)
+
+    def total(self) -> float:
+        return round(time.perf_counter() - self.started, 1)

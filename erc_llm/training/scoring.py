@@ -1,0 +1,129 @@
+"""Constrained label scoring with a transformers model: no free generation, one probability per label.
+
+A batch of prompts (chat-templated, sorted by length) goes through the model once: the token prefix all prompts
+share (system message, label list) is encoded once and its KV cache repeated over the batch, the rest is
+left-padded after it (padding masked out). The logits at the answer position, restricted to the labels' first tokens, give a softmax over the labels. When two labels
+share their first token, each label's whole token sequence is scored instead, continuing from the prompt's KV
+cache (one extra pass per label with more than one token), and the label log-probabilities are normalised.
+`HFLabelScorer` is a `erc_llm.labelling.loop.LabelScorer`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Sequence
+
+import torch
+
+from erc_llm.prompting.answer import LabelTokens, label_tokens
+from erc_llm.training.data import chat_prompt_ids
+
+
+class HFLabelScorer:
+    """Score prompts over a label set with a causal LM (plain or PEFT-wrapped)."""
+
+    def __init__(
+        self, model, tokenizer, labels: Sequence[str], batch_size: int = 32, max_length: int | None = None,
+        autocast_dtype: torch.dtype | None = None, full_sequence: bool | None = None, prefix_cache: bool = True,
+        min_prefix: int = 16,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.labels = list(labels)
+        self.answer: LabelTokens = label_tokens(tokenizer, self.labels)
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.autocast_dtype = autocast_dtype
+        self.full_sequence = (not self.answer.first_token_unique) if full_sequence is None else full_sequence
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = int(pad)
+        self.prefix_cache = prefix_cache
+        self.min_prefix = min_prefix
+        self.prompt_tokens = 0
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _encode(self, messages: list[dict[str, str]]) -> list[int]:
+        """Prompt ids; over-long prompts lose their oldest tokens (as in training)."""
+        ids = chat_prompt_ids(self.tokenizer, messages)
+        if self.max_length is not None and len(ids) > self.max_length:
+            ids = ids[len(ids) - self.max_length:]
+        return ids
+
+    def _autocast(self):
+        """bf16 autocast context when configured, else a no-op."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    def score(self, prompts: Sequence[list[dict[str, str]]]) -> list[dict[str, float]]:
+        """Probability of each label for each prompt (in input order)."""
+        encoded = [self._encode(m) for m in prompts]
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        results: list[dict[str, float] | None] = [None] * len(encoded)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode(), self._autocast():
+                for start in range(0, len(order), self.batch_size):
+                    chunk = order[start:start + self.batch_size]
+                    probs = self._score_batch([encoded[i] for i in chunk])
+                    for i, row in zip(chunk, probs.tolist()):
+                        results[i] = dict(zip(self.labels, row))
+        finally:
+            if was_training:
+                self.model.train()
+        return results  # type: ignore[return-value]
+
+    def _shared_prefix(self, batch: list[list[int]]) -> int:
+        """Length of the token prefix shared by every prompt (kept >= 1 token short of the shortest prompt)."""
+        if not self.prefix_cache or len(batch) < 2:
+            return 0
+        shortest = min(len(ids) for ids in batch)
+        n = 0
+        while n < shortest - 1 and all(ids[n] == batch[0][n] for ids in batch):
+            n += 1
+        return n if n >= self.min_prefix else 0
+
+    def _score_batch(self, batch: list[list[int]]) -> torch.Tensor:
+        """[batch, n_labels] label probabilities; the shared prefix is encoded once and its KV cache reused."""
+        n_prefix = self._shared_prefix(batch)
+        cache = None
+        if n_prefix:
+            head = torch.tensor([batch[0][:n_prefix]], device=self.device)
+            cache = self.model(input_ids=head, use_cache=True, logits_to_keep=1).past_key_values
+            cache.batch_repeat_interleave(len(batch))
+        rests = [ids[n_prefix:] for ids in batch]
+        width = max(len(ids) for ids in rests)
+        self.prompt_tokens += n_prefix + sum(len(ids) for ids in rests)
+        # Layout: [shared prefix (cached)] [left padding] [rest of the prompt]; padding is masked out.
+        input_ids = torch.tensor([[self.pad_id] * (width - len(ids)) + ids for ids in rests], device=self.device)
+        rest_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in rests], device=self.device)
+        mask = torch.cat([torch.ones(len(batch), n_prefix, dtype=rest_mask.dtype, device=self.device), rest_mask], -1)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, n_prefix:]
+        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                         use_cache=self.full_sequence, logits_to_keep=1)
+        first = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
+        if not self.full_sequence:
+            return torch.softmax(first[:, self.answer.first_ids], dim=-1)
+        return torch.softmax(self._sequence_scores(first, out.past_key_values, mask, positions[:, -1]), dim=-1)
+
+    def _sequence_scores(self, first: torch.Tensor, cache, mask: torch.Tensor, last_pos: torch.Tensor) -> torch.Tensor:
+        """Sum of log-probabilities of each label's tokens, continuing from the prompts' KV cache."""
+        scores = torch.stack([first[:, self.answer.ids[label][0]] for label in self.labels], dim=-1)
+        for j, label in enumerate(self.labels):
+            seq = self.answer.ids[label]
+            if len(seq) < 2:
+                continue
+            steps = torch.tensor([list(seq[:-1])] * first.shape[0], device=self.device)
+            ext_mask = torch.cat([mask, torch.ones_like(steps)], dim=-1)
+            ext_pos = last_pos[:, None] + torch.arange(1, steps.shape[1] + 1, device=self.device)[None]
+            cont = self.model(input_ids=steps, attention_mask=ext_mask, position_ids=ext_pos,
+                              past_key_values=copy.deepcopy(cache), use_cache=True)
+            logp = torch.log_softmax(cont.logits.float(), dim=-1)
+            targets = torch.tensor(seq[1:], device=self.device)
+            scores[:, j] += logp[:, torch.arange(len(seq) - 1), targets].sum(-1)
+        return scores

@@ -1,0 +1,159 @@
+"""`ERCSFTTrainer`: TRL's `SFTTrainer` with a class-weighted, label-only loss and dev evaluation by label scoring.
+
+Loss. Only the answer tokens (the label word, optionally the end-of-turn token) are scored: the model is asked
+for logits at those positions only (`logits_to_keep`), and
+
+    loss = sum_t w_(y(t)) * CE_t / T
+
+over the T answer tokens of the (micro-)batch, where w is the class weight of the token's example (mean 1 over
+the training examples, see `erc_llm.training.data.class_weights`). Dividing by T rather than by sum(w) keeps the
+weights effective inside a batch whose examples all share one class.
+
+Evaluation. `evaluate()` labels the dev dialogues with `erc_llm.labelling.loop.label_dialogues` and
+`HFLabelScorer` (constrained label scoring, history from the model's own predictions when the prompt uses
+history) and reports `eval_weighted_f1`, `eval_macro_f1`, `eval_accuracy`; `metric_for_best_model` and early
+stopping work on these. Under data parallelism each process labels a share of the dialogues (all on rank 0 when
+corpus-scope predicted history links dialogues) and the predictions are gathered.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from trl import SFTTrainer
+
+from erc_llm.data.schema import Dialogue
+from erc_llm.evaluation.metrics import compute_metrics
+from erc_llm.evaluation.rundir import PredictionRecord
+from erc_llm.labelling.loop import label_dialogues
+from erc_llm.prompting.builder import PromptBuilder
+from erc_llm.training.scoring import HFLabelScorer
+
+_TARGET_KEYS = ("target_rows", "target_cols", "target_ids", "target_weights")
+
+
+def _world() -> tuple[int, int]:
+    """(rank, world size) of the default process group, (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def label_split(
+    dialogues: Sequence[Dialogue], builder: PromptBuilder, scorer: HFLabelScorer, batch_size: int = 64,
+    progress: bool = True,
+) -> list[PredictionRecord]:
+    """Label dialogues (sharded over processes when that keeps history valid); every process gets all records."""
+    rank, world = _world()
+    cfg = builder.config
+    linked = cfg.needs_rounds and cfg.history_scope == "corpus"
+    if world == 1:
+        mine = list(dialogues)
+    elif linked:
+        mine = list(dialogues) if rank == 0 else []
+    else:
+        mine = [d for i, d in enumerate(dialogues) if i % world == rank]
+    labelled = label_dialogues(mine, builder, scorer, batch_size=batch_size, progress=progress and rank == 0)
+    records = [
+        PredictionRecord(
+            dialogue_id=item.example.dialogue_id, utterance_index=item.example.index, speaker=item.example.speaker,
+            text=item.example.text, pred=item.pred, gold=item.example.label, utterance_id=item.example.utterance_id,
+            scores={k: round(v, 6) for k, v in item.scores.items()},
+        )
+        for item in labelled
+    ]
+    if world > 1:
+        gathered: list[list[PredictionRecord] | None] = [None] * world
+        dist.all_gather_object(gathered, records)
+        records = [r for part in gathered for r in (part or [])]
+    return sorted(records, key=lambda r: r.key)
+
+
+def score_records(records: Sequence[PredictionRecord], labels: Sequence[str]) -> dict[str, Any]:
+    """`compute_metrics` over records that have a gold label."""
+    scored = [r for r in records if r.gold is not None]
+    if not scored:
+        raise ValueError("no gold labels to score")
+    return compute_metrics([r.gold for r in scored], [r.pred for r in scored], labels)
+
+
+class ERCSFTTrainer(SFTTrainer):
+    """SFTTrainer whose loss is class-weighted on label tokens and whose evaluation is dev label scoring."""
+
+    def __init__(self, *args, builder: PromptBuilder, eval_dialogues: Sequence[Dialogue], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.builder = builder
+        self.eval_dialogues = list(eval_dialogues)
+        self.labels = list(builder.label_set.labels)
+        self.loss_is_scaled_for_ga = False  # our loss is a per-micro-batch mean: let Trainer divide by GA steps
+        self.train_tokens = 0
+        self.train_compute_seconds = 0.0
+        self.dev_records: dict[int, list[PredictionRecord]] = {}
+        self.dev_seconds: list[float] = []
+
+    # ---- data -------------------------------------------------------------------------------------------
+    def _set_signature_columns_if_needed(self) -> None:
+        if self._signature_columns is None:
+            self._signature_columns = ["input_ids", "labels", "weight", "length"]
+
+    # ---- loss -------------------------------------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        started = time.perf_counter()
+        rows, cols, target_ids, weights = (inputs.pop(k) for k in _TARGET_KEYS)
+        keep, col_index = torch.unique(cols, return_inverse=True)
+        outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
+        logits = outputs.logits[rows, col_index].float()
+        token_loss = F.cross_entropy(logits, target_ids, reduction="none")
+        loss = (token_loss * weights).sum() / max(1, target_ids.numel())
+        if model.training:
+            mask = inputs.get("attention_mask")
+            self.train_tokens += int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
+            self.train_compute_seconds += time.perf_counter() - started
+        return (loss, outputs) if return_outputs else loss
+
+    # ---- evaluation -------------------------------------------------------------------------------------
+    def label_scorer(self) -> HFLabelScorer:
+        """A scorer over the (unwrapped) model being trained, with the run's precision and length limit."""
+        autocast = torch.bfloat16 if self.args.bf16 else (torch.float16 if self.args.fp16 else None)
+        model = self.accelerator.unwrap_model(self.model)
+        return HFLabelScorer(model, self.processing_class, self.labels, batch_size=self.args.label_score_batch_size,
+                             max_length=self.args.max_length, autocast_dtype=autocast)
+
+    def label_and_score(self, dialogues: Sequence[Dialogue]) -> tuple[dict[str, Any], list[PredictionRecord]]:
+        """Label dialogues with the current model; (metrics, records)."""
+        records = label_split(dialogues, self.builder, self.label_scorer(), batch_size=64,
+                              progress=not self.args.disable_tqdm)
+        return score_records(records, self.labels), records
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        started = time.perf_counter()
+        scores, records = self.label_and_score(self.eval_dialogues)
+        seconds = time.perf_counter() - started
+        self.dev_seconds.append(seconds)
+        self.dev_records[self.state.global_step] = records
+        metrics = {
+            f"{metric_key_prefix}_weighted_f1": scores["weighted_f1"],
+            f"{metric_key_prefix}_macro_f1": scores["macro_f1"],
+            f"{metric_key_prefix}_accuracy": scores["accuracy"],
+            f"{metric_key_prefix}_n": scores["n"],
+            f"{metric_key_prefix}_runtime": round(seconds, 2),
+        }
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    def best_dev_records(self) -> list[PredictionRecord] | None:
+        """Dev predictions of the selected checkpoint (the last evaluation when nothing was selected)."""
+        if not self.dev_records:
+            return None
+        step = self.state.best_global_step
+        return self.dev_records.get(step) if step in self.dev_records else self.dev_records[max(self.dev_records)]
+
+    def throughput(self) -> dict[str, float]:
+        """Training tokens and tokens/s of forward+loss time (this process)."""
+        return {"train_tokens": self.train_tokens, "train_forward_seconds": round(self.train_compute_seconds, 1)}

@@ -1,0 +1,107 @@
+"""Supervised fine-tuning (LoRA/QLoRA) of an instruct LLM for emotion recognition in conversation.
+
+    python recipes/sft.py --config recipes/smollm2-135m/sft/context.yaml
+    ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 recipes/sft.py --config recipes/smollm2-135m/sft/smoke.yaml
+    accelerate launch --config_file recipes/accelerate_configs/multi_gpu.yaml recipes/sft.py \\
+        --config recipes/qwen2.5-3b/sft/qlora.yaml
+
+Any config key can be overridden on the command line (`--learning_rate 1e-3`). Writes to `output_dir`: the
+adapter, erc_config.yaml, prompt_template.j2, metrics.json + predictions.jsonl (test split), dev/ (the selected
+checkpoint's dev predictions), run_summary.json, and merged/ when `merge_adapter: true`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from transformers import set_seed
+
+from erc_llm.models import resolve_model
+from erc_llm.training.config import parse_sft_args
+from erc_llm.training.run import (
+    Stopwatch,
+    build_trainer,
+    export_merged,
+    finish_distributed,
+    load_corpus,
+    load_model,
+    load_tokenizer,
+    make_prompt_builder,
+    save_run_config,
+    world_size,
+    write_split_outputs,
+    write_summary,
+)
+
+logger = logging.getLogger("erc_llm.sft")
+
+
+def main() -> None:
+    data_args, training_args, model_args = parse_sft_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    clock = Stopwatch()
+
+    # ---- seed ----------------------------------------------------------------------------------------
+    set_seed(training_args.seed)
+
+    # ---- data and prompts --------------------------------------------------------------------------
+    splits = load_corpus(data_args)
+    builder = make_prompt_builder(data_args, splits)
+    labels = list(splits.label_set.labels)
+
+    # ---- tokenizer and model -----------------------------------------------------------------------
+    model_path = resolve_model(model_args.model_name_or_path)
+    tokenizer = load_tokenizer(model_path, model_args, training_args)
+    model = load_model(model_path, model_args, training_args)
+
+    # ---- trainer (label-only, class-weighted loss; dev W-F1 by label scoring) -----------------------
+    trainer, data_info = build_trainer(model, tokenizer, model_args, training_args, builder, splits,
+                                       data_args.train_subsample, data_args.train_subsample_strategy,
+                                       data_args.subsample_seed)
+    logger.info("world size %d; %s", world_size(), data_info)
+    save_run_config(training_args.output_dir, data_args, training_args, model_args)
+
+    # ---- train ---------------------------------------------------------------------------------------
+    if training_args.eval_at_start:
+        trainer.evaluate()
+    started = clock.total()
+    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    train_seconds = clock.total() - started
+
+    # ---- save (best adapter by dev W-F1 when load_best_model_at_end) ------------------------------------
+    trainer.save_model(training_args.output_dir)
+    merged_dir = export_merged(trainer, tokenizer, training_args.output_dir) if training_args.merge_adapter else None
+
+    # ---- evaluate: dev of the selected checkpoint, then the test split ---------------------------------
+    out = Path(training_args.output_dir)
+    dev_records = trainer.best_dev_records()
+    if dev_records is None:
+        _, dev_records = trainer.label_and_score(splits.dev)
+    summary = {
+        "world_size": world_size(), "model": model_args.model_name_or_path, "corpus": data_args.corpus,
+        **data_info, "train_seconds": round(train_seconds, 1), "train_steps": train_result.global_step,
+        "train_loss": round(train_result.training_loss, 4), "train_tokens_per_process": trainer.train_tokens,
+        "train_tokens_per_second": round(trainer.train_tokens * world_size() / max(train_seconds, 1e-6), 1),
+        "best_checkpoint": trainer.state.best_model_checkpoint, "best_dev_metric": trainer.state.best_metric,
+        "dev_eval_seconds": trainer.dev_seconds, "bf16": training_args.bf16, "torch_threads": torch.get_num_threads(),
+        "merged_dir": str(merged_dir) if merged_dir else None,
+    }
+    dev_metrics = write_split_outputs(out / "dev", data_args.eval_split, data_args.corpus, dev_records, labels, summary)
+    summary["dev_weighted_f1"] = dev_metrics["weighted_f1"]
+    summary["dev_macro_f1"] = dev_metrics["macro_f1"]
+    if splits.test is not None:
+        test_started = clock.total()
+        _, test_records = trainer.label_and_score(splits.test)
+        summary["test_eval_seconds"] = round(clock.total() - test_started, 1)
+        write_split_outputs(out, data_args.test_split, data_args.corpus, test_records, labels, summary)
+    else:
+        write_split_outputs(out, data_args.eval_split, data_args.corpus, dev_records, labels, summary)
+    summary["total_seconds"] = clock.total()
+    write_summary(training_args.output_dir, summary)
+    finish_distributed()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""Unit tests of the SFT library: subsampling, class weights, label-only tokenisation, collator, recipe configs."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from erc_llm.training.collator import LabelOnlyCollator
+from erc_llm.training.config import ERCSFTConfig, SFTConfigError, load_recipe
+from erc_llm.training.data import IGNORE_INDEX, class_quotas, class_weights, subsample_examples
+
+REPO = Path(__file__).resolve().parents[1]
+SFT_RECIPES = sorted(REPO.glob("recipes/*/sft/*.yaml"))
+
+
+def test_class_quotas_strategies() -> None:
+    counts = {"neutral": 4700, "joy": 1700, "surprise": 1200, "anger": 1100, "sadness": 680, "disgust": 270, "fear": 268}
+    for strategy in ("stratified", "sqrt", "balanced"):
+        quotas = class_quotas(counts, 2000, strategy)
+        assert sum(quotas.values()) == 2000
+        assert all(quotas[k] <= counts[k] for k in counts)
+    strat, sqrt, bal = (class_quotas(counts, 2000, s) for s in ("stratified", "sqrt", "balanced"))
+    assert strat["neutral"] > sqrt["neutral"] > bal["neutral"]
+    assert strat["fear"] < sqrt["fear"] < bal["fear"]
+    uncapped = [q for k, q in bal.items() if q < counts[k]]
+    assert max(uncapped) - min(uncapped) <= 1 and bal["fear"] == 268  # small classes taken whole
+    # more slots than a small class holds: the class is taken whole, the rest goes elsewhere
+    assert class_quotas({"a": 3, "b": 100}, 60, "balanced") == {"a": 3, "b": 57}
+
+
+def test_class_weights_inverse_normalised_to_mean_one() -> None:
+    labels = ["n"] * 80 + ["j"] * 15 + ["f"] * 5
+    w = class_weights(labels, "inverse", max_weight=100)
+    assert w["n"] == pytest.approx(100 / (3 * 80))
+    assert sum(w[y] for y in labels) / len(labels) == pytest.approx(1.0)
+    s = class_weights(labels, "sqrt_inverse", max_weight=100)
+    assert sum(s[y] for y in labels) / len(labels) == pytest.approx(1.0)
+    assert w["f"] > s["f"] > 1 > s["n"] > w["n"]
+    assert class_weights(labels, "inverse", max_weight=2.0)["f"] == 2.0
+    assert set(class_weights(labels, "none").values()) == {1.0}
+
+
+class _Ex:
+    def __init__(self, i: int, label: str) -> None:
+        self.key, self.label = ("d", i), label
+
+
+def test_subsample_is_seeded_and_follows_strategy() -> None:
+    examples = [_Ex(i, "n" if i % 10 else "r") for i in range(1000)]
+    a = subsample_examples(examples, 100, "balanced", seed=3)
+    assert [e.key for e in a] == [e.key for e in subsample_examples(examples, 100, "balanced", seed=3)]
+    assert Counter(e.label for e in a) == {"n": 50, "r": 50}
+    assert Counter(e.label for e in subsample_examples(examples, 100, "stratified", 0)) == {"n": 90, "r": 10}
+    assert len(subsample_examples(examples, None, "random", 0)) == 1000
+
+
+def test_collator_targets_point_at_answer_tokens() -> None:
+    features = [
+        {"input_ids": [5, 6, 7, 8, 9], "labels": [IGNORE_INDEX] * 3 + [8, 9], "weight": 2.0},
+        {"input_ids": [1, 2, 3], "labels": [IGNORE_INDEX, IGNORE_INDEX, 3], "weight": 0.5},
+    ]
+    for padding_free in (True, False):
+        batch = LabelOnlyCollator(pad_token_id=0, padding_free=padding_free)(features)
+        ids = batch["input_ids"]
+        # the logits at (row, col) predict the token at (row, col + 1)
+        assert ids[batch["target_rows"], batch["target_cols"] + 1].tolist() == batch["target_ids"].tolist() == [8, 9, 3]
+        assert batch["target_weights"].tolist() == [2.0, 2.0, 0.5]
+        if padding_free:
+            assert ids.shape == (1, 8) and batch["position_ids"].tolist() == [[0, 1, 2, 3, 4, 0, 1, 2]]
+            assert "attention_mask" not in batch
+        else:
+            assert ids.shape == (2, 5) and batch["attention_mask"].tolist()[1] == [1, 1, 1, 0, 0]
+
+
+def _parse_here(path: Path):
+    """Parse a recipe on this machine: a GPU recipe's bf16 is switched off when no GPU is present (transformers
+    refuses bf16 without a GPU unless use_cpu), everything else is parsed and validated as written."""
+    raw = yaml.safe_load(path.read_text())
+    gpu_only = raw.get("bf16") and not raw.get("use_cpu") and not torch.cuda.is_available()
+    return load_recipe(path, ["--bf16", "false"] if gpu_only else []), raw
+
+
+def test_every_sft_recipe_parses_with_unknown_keys_rejected(tmp_path: Path) -> None:
+    assert len(SFT_RECIPES) >= 8, SFT_RECIPES
+    for path in SFT_RECIPES:
+        (data_args, training_args, model_args), _ = _parse_here(path)
+        assert model_args.model_name_or_path and model_args.use_peft, path
+        assert isinstance(training_args, ERCSFTConfig)
+        assert training_args.metric_for_best_model.endswith("weighted_f1"), path
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((REPO / "recipes/smollm2-135m/sft/smoke.yaml").read_text() + "\nnot_a_field: 1\n")
+    with pytest.raises(ValueError, match="not_a_field"):
+        load_recipe(bad)
+
+
+def test_gpu_recipes_ask_for_qlora_bf16() -> None:
+    paths = sorted(REPO.glob("recipes/*-3b/sft/qlora.yaml"))
+    assert len(paths) == 2
+    for path in paths:
+        (_, training_args, model_args), raw = _parse_here(path)
+        assert model_args.load_in_4bit and model_args.bnb_4bit_quant_type == "nf4" and raw["bf16"] is True
+        assert "/" in model_args.model_name_or_path and not training_args.use_cpu  # a hub id, GPU
+
+
+def test_config_validation_names_the_field() -> None:
+    smoke = REPO / "recipes/smollm2-135m/sft/smoke.yaml"
+    with pytest.raises(SFTConfigError, match="class_weighting"):
+        load_recipe(smoke, ["--class_weighting", "bogus"])
+    with pytest.raises(SFTConfigError, match="padding_free"):
+        load_recipe(smoke, ["--padding_free", "true"])
+    with pytest.raises(SFTConfigError, match="train_subsample_strategy"):
+        load_recipe(smoke, ["--train_subsample_strategy", "nope"])
+    with pytest.raises(SFTConfigError, match="load_in_4bit"):
+        load_recipe(smoke, ["--load_in_4bit", "true"])
+    data_args, training_args, _ = load_recipe(smoke, ["--learning_rate", "3e-3", "--past_window", "4"])
+    assert training_args.learning_rate == 3e-3 and data_args.past_window == 4
+    assert training_args.dataset_kwargs["skip_prepare_dataset"] is True
