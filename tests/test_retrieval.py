@@ -175,6 +175,10 @@ def test_index_cache_is_keyed_by_config(meld, tmp_path, monkeypatch):
     again, same = load_or_build_index(*args, config=HASHING, parts=["biographies"])
     assert same == folder and again.biographies.records == first.biographies.records
     monkeypatch.undo()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps({**manifest, "version": 0}))
+    rebuilt, same = load_or_build_index(*args, config=HASHING, parts=["biographies"])  # old schema: rebuilt
+    assert same == folder and json.loads((folder / "manifest.json").read_text())["version"] == manifest["version"]
     _, other = load_or_build_index(*args, config=HASHING, parts=["biographies"], biography_kind="profile",
                                    demonstration_query="with_previous")
     assert other != folder
@@ -270,6 +274,11 @@ def test_prompt_settings_yaml(tmp_path):
         load_prompt_settings(path)
     with pytest.raises(ValueError, match="demonstration_query"):
         PromptConfig(demonstration_query="everything")
+    configs = sorted((Path(__file__).resolve().parents[1] / "retrieval" / "configs").glob("*.yaml"))
+    loaded = {p.stem: load_prompt_settings(p) for p in configs}
+    assert loaded["all_sources"][0].use_biography and loaded["all_sources"][0].use_demonstrations
+    assert loaded["hnsw"][1].index_kind == "hnsw" and loaded["ivf"][1].index_kind == "ivf"
+    assert loaded["llm_biographies"][0].biography_kind == "llm" and loaded["llm_biographies"][1].llm.min_lines == 5
 
 
 # ---- CLI ------------------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import math
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -52,6 +53,8 @@ INDEX_SCHEMA_VERSION = 1
 INDEX_DIR_ENV = "ERC_LLM_INDEX_DIR"
 PARTS = ("biographies", "speakers", "utterances")
 MANIFEST = "manifest.json"
+SINGLE_THREAD_BELOW = 32
+BLAS_FROM = 8
 
 
 # ---- one FAISS index ---------------------------------------------------------------------------------------
@@ -106,12 +109,29 @@ class VectorIndex:
         return int(self.index.d)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, row ids) of the k best rows per query; id -1 where fewer than k exist."""
+        """(scores, row ids) of the k best rows per query; id -1 where fewer than k exist.
+
+        Fewer than `SINGLE_THREAD_BELOW` queries are searched on one OpenMP thread: for a handful of queries
+        FAISS's thread start-up and spinning cost far more than the scan (tenfold on a busy 2-core machine).
+        A flat index searches `BLAS_FROM` or more queries as one matrix product (FAISS's own threshold sends
+        small batches to a per-query scan, which reads the whole index once per query).
+        """
+        import faiss
+
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         k = max(1, min(k, self.ntotal)) if self.ntotal else 1
         if not self.ntotal:
             return np.zeros((len(queries), 1), np.float32), -np.ones((len(queries), 1), np.int64)
-        return self.index.search(queries, k)
+        threads, blas = faiss.omp_get_max_threads(), faiss.cvar.distance_compute_blas_threshold
+        if len(queries) < SINGLE_THREAD_BELOW:
+            faiss.omp_set_num_threads(1)
+        if self.kind == "flat" and len(queries) >= BLAS_FROM:
+            faiss.cvar.distance_compute_blas_threshold = 1
+        try:
+            return self.index.search(queries, k)
+        finally:
+            faiss.omp_set_num_threads(threads)
+            faiss.cvar.distance_compute_blas_threshold = blas
 
     def save(self, path: Path) -> None:
         """`faiss.write_index` (FAISS's own binary format, no pickle)."""
@@ -404,7 +424,10 @@ def load_or_build_index(
     folder = root / key
     with _build_lock(root / f".{key}.lock"):
         if not rebuild and (folder / MANIFEST).exists():
-            return RetrievalIndex.load(folder), folder
+            try:
+                return RetrievalIndex.load(folder), folder
+            except ValueError as exc:  # an index of an older schema: build it again
+                print(f"erc_llm: rebuilding {folder}: {exc}", file=sys.stderr)
         built = RetrievalIndex.build(dialogues, registry, label_set, corpus, cfg, parts, demonstration_query,
                                      biography_kind, generator=generator, progress=progress)
         built.save(folder)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -47,6 +47,7 @@ class _DialogueVectors:
 
     demo: np.ndarray
     prefix: dict[int, np.ndarray]
+    demonstrations: dict[int, list[list[Neighbour]]] = field(default_factory=dict)  # k -> hits per position
 
 
 def speaker_prefix_text(utterance: Utterance, dialogue: Dialogue, max_chars: int = PREFIX_CHARS) -> str:
@@ -246,9 +247,10 @@ class ContextRetriever:
 
     def demonstrations(self, utterance: Utterance, dialogue: Dialogue, k: int) -> list[Demonstration]:
         """`DemonstrationSource`: k labelled training lines nearest to the target, none from its dialogue."""
-        vector = self._vectors(dialogue).demo[utterance.index]
-        hits = self.nearest_lines(vector[None, :], k, [dialogue.id])[0]
-        return [self.demonstration(h.row) for h in hits]
+        vectors = self._vectors(dialogue)
+        if k not in vectors.demonstrations:  # one batched search for every line of the dialogue
+            vectors.demonstrations[k] = self.nearest_lines(vectors.demo, k, [dialogue.id] * len(dialogue))
+        return [self.demonstration(h.row) for h in vectors.demonstrations[k][utterance.index]]
 
     def knn_labels(self, dialogues: Sequence[Dialogue], k: int = 10) -> dict[tuple[str, int], str]:
         """A model-free prediction per utterance: similarity-weighted vote of its k nearest training lines
