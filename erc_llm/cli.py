@@ -9,8 +9,12 @@ import sys
 # Modules that add command groups; each exposes `register_cli(subparsers)` and keeps heavy imports lazy.
 COMMAND_MODULES = (
     "erc_llm.data.cli",
-    "erc_llm.evaluation.compare",
+    "erc_llm.models",
+    "erc_llm.retrieval.cli",
+    "erc_llm.prompting.cli",
     "erc_llm.labelling.cli",
+    "erc_llm.baseline.cli",
+    "erc_llm.evaluation.compare",
 )
 
 
@@ -27,7 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     """Parse arguments and run the chosen command."""
     from erc_llm.data.cli import run_guarded
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if getattr(args, "passthrough", False):
+        args.options = list(getattr(args, "options", None) or []) + rest  # e.g. `label`: TrlParser options
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return run_guarded(args.func, args)
 
 

@@ -36,8 +36,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
                     "(see recipes/label.py --help).",
         add_help=False,
     )
-    p.add_argument("options", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_label)
+    p.set_defaults(func=cmd_label, passthrough=True, options=[])
 
 
 if __name__ == "__main__":
