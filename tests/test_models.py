@@ -275,7 +275,7 @@ def test_smollm2_loads_with_plain_transformers_and_chats(
     inputs = tokenizer.apply_chat_template(
         messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
     )
-    assert inputs["input_ids"][0, -3:].tolist() == tokenizer.encode("<|im_start|>assistant\n")
+    assert inputs["input_ids"][0, -4:].tolist() == tokenizer.encode("<|im_start|>assistant\n")
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=24, do_sample=False)
     new_tokens = out[0, inputs["input_ids"].shape[1] :]
