@@ -149,6 +149,11 @@ class BaselineModelConfig:
         default="target+mean",
         metadata={"help": "mean | cls | target (mean over the target tokens) | target+mean (both, concatenated)."},
     )
+    add_utterance_embedding: bool = field(
+        default=False,
+        metadata={"help": "Frozen encoder only: also embed the target line on its own (mean pooled, no context) and "
+                          "concatenate it to the context-window vector."},
+    )
     text_encoder_learning_rate: float | None = field(
         default=None, metadata={"help": "Learning rate of a fine-tuned text encoder (default: learning_rate)."}
     )
@@ -209,6 +214,8 @@ class BaselineModelConfig:
             raise BaselineConfigError(f"focal_gamma must be >= 0, got {self.focal_gamma}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise BaselineConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.add_utterance_embedding and not self.freeze_text_encoder:
+            raise BaselineConfigError("add_utterance_embedding needs freeze_text_encoder: true")
         if self.audio_max_seconds <= 0:
             raise BaselineConfigError(f"audio_max_seconds must be > 0, got {self.audio_max_seconds}")
         for name in ("visual_image_mean", "visual_image_std"):

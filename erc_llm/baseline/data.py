@@ -149,6 +149,13 @@ def prepare_data(data_config: BaselineDataConfig, model_config: BaselineModelCon
     frozen_text = TextEncoder(encoder_model, encoder_dir, model_config.text_encoder, model_config.text_pooling,
                               pad_id, model_config.text_embedding_batch_size)
 
+    utterance_builder = utterance_text = None
+    if model_config.add_utterance_embedding:
+        utterance_builder = ContextWindowBuilder(tokenizer, 0, 0, data_config.context_line_template,
+                                                 data_config.context_line_template, data_config.max_length)
+        utterance_text = TextEncoder(encoder_model, encoder_dir, model_config.text_encoder, "mean", pad_id,
+                                     model_config.text_embedding_batch_size)
+
     registry = None
     speaker_vocab: list[str] = []
     if model_config.use_speaker_embedding:
@@ -166,7 +173,7 @@ def prepare_data(data_config: BaselineDataConfig, model_config: BaselineModelCon
                                                 model_config.visual_image_size, model_config.visual_image_mean,
                                                 model_config.visual_image_std)
 
-    input_dims = {"text": frozen_text.dim}
+    input_dims = {"text": frozen_text.dim + (utterance_text.dim if utterance_text is not None else 0)}
     sources = {"audio": data_config.audio_source, "visual": data_config.visual_source}
     for modality, source in sources.items():
         if source == "store":
@@ -188,6 +195,10 @@ def prepare_data(data_config: BaselineDataConfig, model_config: BaselineModelCon
         inputs = SplitInputs(role=role, split=split.split, utterances=utterances, label_ids=label_ids)
         if model_config.freeze_text_encoder:
             inputs.text_features, _ = cached_text_features(frozen_text, utterances, windows, cache_dir)
+            if utterance_text is not None:
+                alone = [w for dialogue in split.dialogues for w in utterance_builder.dialogue_windows(dialogue)]
+                utterance_vectors, _ = cached_text_features(utterance_text, utterances, alone, cache_dir)
+                inputs.text_features = np.hstack([inputs.text_features, utterance_vectors])
         else:
             inputs.windows = windows
         for modality, source in sources.items():
