@@ -96,8 +96,10 @@ def test_recipe_trains_frozen_text_context_on_real_meld(tmp_path: Path, data_dir
     assert meta["labels"] == list(MELD_LABELS.labels) and meta["best_checkpoint"]
     assert (output_dir / "model.safetensors").is_file() and (output_dir / "config.yaml").is_file()
     # The cached context embeddings are a feature store named by encoder, settings and inputs.
+    # Two per split: the context window (target+mean pooled) and the target line alone (add_utterance_embedding).
     stores = sorted((tmp_path / "cache" / "features").glob("text-*/manifest.json"))
-    assert len(stores) == 3  # train, dev, test
+    assert len(stores) == 6
+    assert meta["input_dims"] == {"text": 3 * 384}
 
 
 @pytest.mark.slow
