@@ -23,6 +23,7 @@ from erc_llm.training.config import parse_sft_args
 from erc_llm.training.run import (
     Stopwatch,
     build_trainer,
+    evaluate_test,
     export_merged,
     finish_distributed,
     load_corpus,
@@ -92,10 +93,8 @@ def main() -> None:
     summary["dev_weighted_f1"] = dev_metrics["weighted_f1"]
     summary["dev_macro_f1"] = dev_metrics["macro_f1"]
     if splits.test is not None:
-        test_started = clock.total()
-        _, test_records = trainer.label_and_score(splits.test)
-        summary["test_eval_seconds"] = round(clock.total() - test_started, 1)
-        write_split_outputs(out, data_args.test_split, data_args.corpus, test_records, labels, summary)
+        summary["total_seconds"] = clock.total()
+        evaluate_test(trainer, splits, data_args, dev_records, out, summary)
     else:
         write_split_outputs(out, data_args.eval_split, data_args.corpus, dev_records, labels, summary)
     summary["total_seconds"] = clock.total()

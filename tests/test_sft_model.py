@@ -33,15 +33,15 @@ def examples(data_dir):
     train = load_split("meld", "train", data_dir)
     builder = PromptBuilder(PromptConfig(past_window=2, max_line_chars=80), MELD_LABELS,
                             SpeakerRegistry.build([train.dialogues]))
-    return builder.training_examples(train.dialogues[:2])[:6]
+    return builder.training_examples(train.dialogues[:2])[:4]
 
 
 def _naive_sequence_logprob(model, prompt: list[int], seq: tuple[int, ...]) -> float:
     """log p(seq | prompt) from one plain forward pass over prompt + seq."""
     ids = torch.tensor([prompt + list(seq)])
     with torch.no_grad():
-        logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
-    return sum(float(logp[len(prompt) - 1 + i, t]) for i, t in enumerate(seq))
+        logp = torch.log_softmax(model(input_ids=ids, logits_to_keep=len(seq) + 1).logits[0].float(), -1)
+    return sum(float(logp[i, t]) for i, t in enumerate(seq))
 
 
 def test_label_scorer_matches_naive_computation(lm, examples) -> None:
@@ -56,12 +56,15 @@ def test_label_scorer_matches_naive_computation(lm, examples) -> None:
     full = HFLabelScorer(model, tokenizer, labels, batch_size=4, full_sequence=True).score(prompts)
     for i, messages in enumerate(prompts):
         ids = chat_prompt_ids(tokenizer, messages)
-        first = {lab: _naive_sequence_logprob(model, ids, answer.ids[lab][:1]) for lab in labels}
+        with torch.no_grad():
+            next_logp = torch.log_softmax(model(input_ids=torch.tensor([ids]), logits_to_keep=1).logits[0, -1], -1)
+        first = {lab: float(next_logp[answer.ids[lab][0]]) for lab in labels}
         z = math.log(sum(math.exp(v) for v in first.values()))
         for lab in labels:
             assert cached[i][lab] == pytest.approx(math.exp(first[lab] - z), abs=2e-4)
             assert plain[i][lab] == pytest.approx(cached[i][lab], abs=2e-4)
-        seq = {lab: _naive_sequence_logprob(model, ids, answer.ids[lab]) for lab in labels}
+        seq = {lab: first[lab] if len(answer.ids[lab]) == 1 else _naive_sequence_logprob(model, ids, answer.ids[lab])
+               for lab in labels}
         zs = math.log(sum(math.exp(v) for v in seq.values()))
         for lab in labels:
             assert full[i][lab] == pytest.approx(math.exp(seq[lab] - zs), abs=2e-4)
@@ -84,6 +87,8 @@ def test_padding_free_and_padded_batches_give_the_same_label_loss(lm, examples) 
         batch.pop("target_weights")
         keep, index = torch.unique(cols, return_inverse=True)
         with torch.no_grad():
-            logits = model(**batch, logits_to_keep=keep).logits[rows, index].float()
+            # use_cache=False as in training: transformers derives the block-diagonal mask from position_ids only
+            # when there is neither an attention mask nor a KV cache
+            logits = model(**batch, logits_to_keep=keep, use_cache=False).logits[rows, index].float()
         losses.append(F.cross_entropy(logits, targets))
     assert float(losses[0]) == pytest.approx(float(losses[1]), rel=1e-3)

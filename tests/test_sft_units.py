@@ -119,3 +119,19 @@ def test_config_validation_names_the_field() -> None:
     data_args, training_args, _ = load_recipe(smoke, ["--learning_rate", "3e-3", "--past_window", "4"])
     assert training_args.learning_rate == 3e-3 and data_args.past_window == 4
     assert training_args.dataset_kwargs["skip_prepare_dataset"] is True
+
+
+def test_label_bias_fitted_on_dev_improves_a_skewed_scorer() -> None:
+    from erc_llm.evaluation.rundir import PredictionRecord
+    from erc_llm.training.calibration import fit_label_bias
+
+    labels = ["neutral", "joy", "fear"]
+    records = []
+    for i in range(60):  # the model always prefers neutral a little, though joy/fear are the gold labels here
+        gold = labels[i % 3]
+        scores = {"neutral": 0.5, "joy": 0.3, "fear": 0.2}
+        if gold != "neutral":
+            scores = {"neutral": 0.45, gold: 0.4, ("fear" if gold == "joy" else "joy"): 0.15}
+        records.append(PredictionRecord("d", i, "A", "t", "neutral", gold, None, scores))
+    bias, before, after = fit_label_bias(records, labels)
+    assert bias["neutral"] == 0.0 and after > before and after == pytest.approx(1.0)

@@ -141,6 +141,13 @@ class ERCSFTConfig(SFTConfig):
     merge_adapter: bool = field(
         default=False, metadata={"help": "Also save the LoRA-merged full model to <output_dir>/merged (for vLLM)."}
     )
+    calibrate_label_bias: bool = field(
+        default=False,
+        metadata={
+            "help": "Fit per-label log-probability offsets on the selected checkpoint's dev predictions (max dev "
+            "W-F1) and label the test split with them; uncalibrated test scores are kept in metrics.json extra."
+        },
+    )
     eval_at_start: bool = field(
         default=False, metadata={"help": "Score the dev split before the first step (zero-shot reference)."}
     )

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import math
 import os
 import shlex
 import sys
@@ -25,7 +25,9 @@ from erc_llm.data.speakers import SpeakerRegistry
 from erc_llm.evaluation.rundir import PredictionRecord, write_metrics, write_predictions
 from erc_llm.io import atomic_write_json, atomic_write_text
 from erc_llm.prompting.builder import PromptBuilder
+from erc_llm.prompting.dataset import build_prompt_builder
 from erc_llm.prompting.templates import template_text
+from erc_llm.training.calibration import fit_label_bias
 from erc_llm.training.collator import LabelOnlyCollator
 from erc_llm.training.config import ERCDataArguments, ERCModelConfig, ERCSFTConfig, dump_yaml, resolved_config
 from erc_llm.training.data import (
@@ -66,18 +68,11 @@ def load_corpus(args: ERCDataArguments) -> CorpusSplits:
 
 
 def make_prompt_builder(args: ERCDataArguments, splits: CorpusSplits) -> PromptBuilder:
-    """The prompt builder: `erc_llm.prompting.dataset.build_prompt_builder` when present (biographies, FAISS
-    demonstrations), else a context-only builder with a speaker registry from the training split."""
-    config = args.prompt_config()
-    if importlib.util.find_spec("erc_llm.prompting.dataset") is not None:
-        from erc_llm.prompting.dataset import build_prompt_builder
-
-        return build_prompt_builder(config, args.corpus, args.data_dir, index_dir=args.index_dir)
-    if config.use_biography or config.use_demonstrations:
-        raise RuntimeError(
-            "use_biography/use_demonstrations need erc_llm.prompting.dataset.build_prompt_builder, not installed here"
-        )
-    return PromptBuilder(config, splits.label_set, SpeakerRegistry.build([splits.train]))
+    """The prompt builder of `erc_llm.prompting.dataset` (speaker registry from train; biographies and FAISS
+    demonstrations built from train and cached under `index_dir` when the prompt uses them)."""
+    registry = SpeakerRegistry.build([splits.train])
+    return build_prompt_builder(args.prompt_config(), args.corpus, args.data_dir, index_dir=args.index_dir,
+                                registry=registry)
 
 
 def load_tokenizer(model_path: str, model_args: ERCModelConfig, training_args: ERCSFTConfig) -> PreTrainedTokenizerBase:
@@ -191,6 +186,39 @@ def write_split_outputs(run_dir: Path, split: str, corpus: str, records: Sequenc
         write_metrics(run_dir, metrics, system=SYSTEM_NAME, corpus=corpus, split=split, command=command_line(),
                       extra=extra)
     return metrics
+
+
+def evaluate_test(trainer: ERCSFTTrainer, splits: CorpusSplits, data_args: ERCDataArguments,
+                  dev_records: Sequence[PredictionRecord], out: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """Label the test split (with the dev-fitted label bias when `calibrate_label_bias`); write its run files."""
+    labels = list(splits.label_set.labels)
+    bias = None
+    if trainer.args.calibrate_label_bias:
+        bias, before, after = fit_label_bias(dev_records, labels, trainer.args.metric_for_best_model.removeprefix("eval_"))
+        summary.update(label_bias=bias, dev_metric_before_bias=round(before, 4), dev_metric_after_bias=round(after, 4))
+    started = time.perf_counter()
+    _, records = trainer.label_and_score(splits.test, label_bias=bias)
+    summary["test_eval_seconds"] = round(time.perf_counter() - started, 1)
+    summary["test_utterances"] = len(records)
+    if bias and not builder_uses_predictions(trainer):
+        # Without predicted history the bias changes no prompt: the raw argmax is recovered exactly from the scores.
+        raw = [_unbiased(r, bias, labels) for r in records]
+        raw_metrics = score_records(raw, labels)
+        summary.update(test_weighted_f1_without_bias=raw_metrics["weighted_f1"],
+                       test_macro_f1_without_bias=raw_metrics["macro_f1"])
+    return write_split_outputs(out, data_args.test_split, data_args.corpus, records, labels, summary)
+
+
+def builder_uses_predictions(trainer: ERCSFTTrainer) -> bool:
+    """Whether prompts depend on earlier predictions (predicted emotion history)."""
+    return trainer.builder.config.needs_rounds
+
+
+def _unbiased(record: PredictionRecord, bias: dict[str, float], labels: Sequence[str]) -> PredictionRecord:
+    """The record's prediction without the label bias (argmax of log q - b)."""
+    best = max(labels, key=lambda label: math.log(max(record.scores[label], 1e-12)) - bias[label])
+    return PredictionRecord(record.dialogue_id, record.utterance_index, record.speaker, record.text, best,
+                            record.gold, record.utterance_id, record.scores)
 
 
 def export_merged(trainer: ERCSFTTrainer, tokenizer, output_dir: str) -> Path | None:

@@ -5,7 +5,8 @@ share (system message, label list) is encoded once and its KV cache repeated ove
 left-padded after it (padding masked out). The logits at the answer position, restricted to the labels' first tokens, give a softmax over the labels. When two labels
 share their first token, each label's whole token sequence is scored instead, continuing from the prompt's KV
 cache (one extra pass per label with more than one token), and the label log-probabilities are normalised.
-`HFLabelScorer` is a `erc_llm.labelling.loop.LabelScorer`.
+Optional per-label log-probability offsets (`label_bias`, fitted on dev by `erc_llm.training.calibration`) are
+added before the softmax. `HFLabelScorer` is a `erc_llm.labelling.loop.LabelScorer`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ class HFLabelScorer:
     def __init__(
         self, model, tokenizer, labels: Sequence[str], batch_size: int = 32, max_length: int | None = None,
         autocast_dtype: torch.dtype | None = None, full_sequence: bool | None = None, prefix_cache: bool = True,
-        min_prefix: int = 16,
+        min_prefix: int = 16, label_bias: dict[str, float] | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -41,6 +42,7 @@ class HFLabelScorer:
         self.prefix_cache = prefix_cache
         self.min_prefix = min_prefix
         self.prompt_tokens = 0
+        self.label_bias = label_bias
 
     @property
     def device(self) -> torch.device:
@@ -108,8 +110,13 @@ class HFLabelScorer:
                          use_cache=self.full_sequence, logits_to_keep=1)
         first = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
         if not self.full_sequence:
-            return torch.softmax(first[:, self.answer.first_ids], dim=-1)
-        return torch.softmax(self._sequence_scores(first, out.past_key_values, mask, positions[:, -1]), dim=-1)
+            scores = first[:, self.answer.first_ids]
+        else:
+            scores = self._sequence_scores(first, out.past_key_values, mask, positions[:, -1])
+        if self.label_bias:
+            scores = scores + torch.tensor([self.label_bias.get(label, 0.0) for label in self.labels],
+                                           device=scores.device)
+        return torch.softmax(scores, dim=-1)
 
     def _sequence_scores(self, first: torch.Tensor, cache, mask: torch.Tensor, last_pos: torch.Tensor) -> torch.Tensor:
         """Sum of log-probabilities of each label's tokens, continuing from the prompts' KV cache."""

@@ -117,16 +117,17 @@ class ERCSFTTrainer(SFTTrainer):
         return (loss, outputs) if return_outputs else loss
 
     # ---- evaluation -------------------------------------------------------------------------------------
-    def label_scorer(self) -> HFLabelScorer:
+    def label_scorer(self, label_bias: dict[str, float] | None = None) -> HFLabelScorer:
         """A scorer over the (unwrapped) model being trained, with the run's precision and length limit."""
         autocast = torch.bfloat16 if self.args.bf16 else (torch.float16 if self.args.fp16 else None)
         model = self.accelerator.unwrap_model(self.model)
         return HFLabelScorer(model, self.processing_class, self.labels, batch_size=self.args.label_score_batch_size,
-                             max_length=self.args.max_length, autocast_dtype=autocast)
+                             max_length=self.args.max_length, autocast_dtype=autocast, label_bias=label_bias)
 
-    def label_and_score(self, dialogues: Sequence[Dialogue]) -> tuple[dict[str, Any], list[PredictionRecord]]:
+    def label_and_score(self, dialogues: Sequence[Dialogue], label_bias: dict[str, float] | None = None,
+                        ) -> tuple[dict[str, Any], list[PredictionRecord]]:
         """Label dialogues with the current model; (metrics, records)."""
-        records = label_split(dialogues, self.builder, self.label_scorer(), batch_size=64,
+        records = label_split(dialogues, self.builder, self.label_scorer(label_bias), batch_size=64,
                               progress=not self.args.disable_tqdm)
         return score_records(records, self.labels), records
 
