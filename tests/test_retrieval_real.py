@@ -3,6 +3,7 @@ whole MELD test split, and LLM biographies written by SmolLM2-135M-Instruct."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -77,3 +78,30 @@ def test_llm_biographies_with_real_smollm2(data_dir):
         assert store.text(record.speaker_id) == record.llm_text
     assert "SmolLM2-135M-Instruct" in store.header["generator"]
     print("\n" + "\n".join(f"{r.speaker_id}: {r.llm_text}" for r in store.records.values()))
+
+
+def test_prompts_stats_cli_counts_smollm2_tokens(data_dir, tmp_path, capsys):
+    import argparse
+
+    from erc_llm.prompting.cli import register_cli
+
+    def run_cli(argv: list[str]) -> int:
+        parser = argparse.ArgumentParser(prog="erc-llm")
+        register_cli(parser.add_subparsers(dest="command", required=True))
+        args = parser.parse_args(argv)
+        return args.func(args)
+
+    config = tmp_path / "cfg.yaml"
+    config.write_text("past_window: 4\nuse_history: true\nuse_biography: true\nuse_demonstrations: true\n"
+                      "retrieval:\n  embedding_model: hashing-256\n")
+    assert run_cli(["prompts", "stats", "--corpus", "meld", "emorynlp", "--max-dialogues", "6", "--json",
+                    "--config", str(config), "--data-dir", str(data_dir), "--index-dir", str(tmp_path)]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["corpus"], r["config"]) for r in rows][:5] == [
+        ("meld", c) for c in ("context", "+history", "+biography", "+demonstrations", "all")]
+    by = {(r["corpus"], r["config"]): r for r in rows}
+    for corpus in ("meld", "emorynlp"):
+        base, full = by[(corpus, "context")], by[(corpus, "all")]
+        assert 0 < base["mean"] < full["mean"] and base["p95"] <= base["max"] and full["n"] == base["n"]
+        for source in ("+history", "+biography", "+demonstrations"):
+            assert base["mean"] < by[(corpus, source)]["mean"] < full["mean"]

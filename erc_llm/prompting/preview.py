@@ -18,12 +18,14 @@ from erc_llm.prompting.history import EmotionHistory, chronological_keys, histor
 
 HISTORY_SOURCES = ("auto", "gold", "predictions", "knn", "none")
 
-# Prompt configs compared by `erc-llm prompts stats` (overrides of the given base config).
+# Prompt configs compared by `erc-llm prompts stats`: which of the three context sources each turns on (the
+# transcript window and every other setting come from the base config).
+_OFF = {"use_history": False, "use_biography": False, "use_demonstrations": False}
 STATS_PRESETS: dict[str, dict[str, Any]] = {
-    "context": {},
-    "+history": {"use_history": True},
-    "+biography": {"use_biography": True},
-    "+demonstrations": {"use_demonstrations": True},
+    "context": dict(_OFF),
+    "+history": {**_OFF, "use_history": True},
+    "+biography": {**_OFF, "use_biography": True},
+    "+demonstrations": {**_OFF, "use_demonstrations": True},
     "all": {"use_history": True, "use_biography": True, "use_demonstrations": True},
 }
 

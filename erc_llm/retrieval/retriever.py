@@ -79,7 +79,7 @@ class ContextRetriever:
         self.unseen_speaker_biography = unseen_speaker_biography
         self.mode = index.demonstration_query
         self._encoder = encoder
-        self._cache: OrderedDict[str, _DialogueVectors] = OrderedDict()
+        self._cache: OrderedDict[tuple, _DialogueVectors] = OrderedDict()
         self._max_cached = max_cached_dialogues
         self._train_rows = {(r["dialogue_id"], r["index"]): i for i, r in enumerate(index.utterance_rows)}
         records = self.store.records if self.store is not None else {}
@@ -103,36 +103,40 @@ class ContextRetriever:
         speaker_id = self.index.registry.primary_id(utt)
         return speaker_id != GROUP_ID and speaker_id not in self.store
 
+    @staticmethod
+    def _cache_key(dialogue: Dialogue) -> tuple:
+        """Cache key of a dialogue: its id and content (speakers, texts), so an edited copy is embedded anew."""
+        return (dialogue.id, dialogue.split, tuple((u.speakers, u.text) for u in dialogue.utterances))
+
     def warm(self, dialogues: Iterable[Dialogue]) -> None:
         """Embed the query texts of many dialogues in one batch (cached for later per-utterance calls)."""
-        todo = [d for d in dialogues if d.id not in self._cache]
+        todo = list({self._cache_key(d): d for d in dialogues if self._cache_key(d) not in self._cache}.values())
         if not todo:
             return
-        jobs: list[tuple[Dialogue, str, int]] = []  # (dialogue, "demo"|"prefix", position)
+        dim = self.index.utterance_index.dim if self.index.utterance_index is not None else 0
+        built: list[_DialogueVectors] = []
+        jobs: list[tuple[int, str, int]] = []  # (position in todo, "demo"|"prefix", line position)
         texts: list[str] = []
-        reused: dict[str, np.ndarray] = {}
-        for dialogue in todo:
+        for slot, dialogue in enumerate(todo):
             stored = self._stored_vectors(dialogue)
-            if stored is not None:
-                reused[dialogue.id] = stored
-            elif self.index.utterance_index is not None:
+            built.append(_DialogueVectors(stored if stored is not None else np.zeros((len(dialogue), dim), np.float32),
+                                          {}))
+            if stored is None and self.index.utterance_index is not None:
                 for utt in dialogue.utterances:
-                    jobs.append((dialogue, "demo", utt.index))
+                    jobs.append((slot, "demo", utt.index))
                     texts.append(demonstration_text(dialogue, utt.index, self.mode))
             for utt in dialogue.utterances:
                 if self._needs_prefix(utt):
-                    jobs.append((dialogue, "prefix", utt.index))
+                    jobs.append((slot, "prefix", utt.index))
                     texts.append(speaker_prefix_text(utt, dialogue))
         vectors = encode_unique(self.encoder, texts) if texts else np.zeros((0, 1), np.float32)
-        dim = self.index.utterance_index.dim if self.index.utterance_index is not None else 0
-        built = {d.id: _DialogueVectors(reused.get(d.id, np.zeros((len(d), dim), np.float32)), {}) for d in todo}
-        for (dialogue, what, position), vector in zip(jobs, vectors):
+        for (slot, what, position), vector in zip(jobs, vectors):
             if what == "demo":
-                built[dialogue.id].demo[position] = vector
+                built[slot].demo[position] = vector
             else:
-                built[dialogue.id].prefix[position] = vector
-        for dialogue in todo:
-            self._remember(dialogue.id, built[dialogue.id])
+                built[slot].prefix[position] = vector
+        for dialogue, dialogue_vectors in zip(todo, built):
+            self._remember(self._cache_key(dialogue), dialogue_vectors)
 
     def _stored_vectors(self, dialogue: Dialogue) -> np.ndarray | None:
         """Demonstration query vectors of a training dialogue taken from the index, if every line is there."""
@@ -143,19 +147,20 @@ class ContextRetriever:
             return None
         return self.index.utterance_vectors[rows]
 
-    def _remember(self, dialogue_id: str, vectors: _DialogueVectors) -> None:
+    def _remember(self, key: tuple, vectors: _DialogueVectors) -> None:
         """Put a dialogue's vectors in the bounded cache."""
-        self._cache[dialogue_id] = vectors
-        self._cache.move_to_end(dialogue_id)
+        self._cache[key] = vectors
+        self._cache.move_to_end(key)
         while len(self._cache) > self._max_cached:
             self._cache.popitem(last=False)
 
     def _vectors(self, dialogue: Dialogue) -> _DialogueVectors:
         """Cached query vectors of a dialogue (embedded on first use)."""
-        if dialogue.id not in self._cache:
+        key = self._cache_key(dialogue)
+        if key not in self._cache:
             self.warm([dialogue])
-        self._cache.move_to_end(dialogue.id)
-        return self._cache[dialogue.id]
+        self._cache.move_to_end(key)
+        return self._cache[key]
 
     # ---- biographies -----------------------------------------------------------------------------------
     def nearest_speakers(self, vector: np.ndarray, k: int = 1, eligible_only: bool = True) -> list[Neighbour]:
@@ -268,11 +273,11 @@ class ContextRetriever:
         if not keys:
             return {}
         hits = self.nearest_lines(np.stack(vectors), k, excluded, dedupe=False)
+        rank = {label: i for i, label in enumerate(labels)}
         predictions = {}
         for key, found in zip(keys, hits):
             votes: Counter = Counter()
             for h in found:
                 votes[self.index.utterance_rows[h.row]["label"]] += max(h.score, 0.0)
-            rank = {label: i for i, label in enumerate(labels)}
             predictions[key] = max(votes, key=lambda lab: (votes[lab], -rank.get(lab, 0))) if votes else labels[0]
         return predictions
