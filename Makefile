@@ -24,8 +24,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 demo: install
-	$(VENV)/bin/erc-llm data prepare
-	$(VENV)/bin/erc-llm data stats
+	$(VENV)/bin/erc-llm demo --out runs/demo
 
 test: install
 	$(PY) -m pytest

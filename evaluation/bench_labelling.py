@@ -38,14 +38,14 @@ def build_prompts(args):
     """Prompts for every utterance of the split (context-only config unless an adapter brings its own)."""
     from erc_llm.data import CORPORA, load_split
     from erc_llm.labelling.config import LabelConfig
-    from erc_llm.labelling.run import prompt_config_for
+    from erc_llm.labelling.run import prompt_settings_for
     from erc_llm.prompting.dataset import build_prompt_builder
 
     cfg = LabelConfig(corpus=args.corpus, split=args.split, adapter=args.adapter, backend="hf")
-    prompt_cfg = prompt_config_for(cfg)
+    prompt_cfg, retrieval_cfg = prompt_settings_for(cfg)
     if prompt_cfg.needs_rounds:
         prompt_cfg.eval_history_source = "none"  # one batch over all prompts: history-free for the benchmark
-    builder = build_prompt_builder(prompt_cfg, args.corpus, None)
+    builder = build_prompt_builder(prompt_cfg, args.corpus, None, retrieval=retrieval_cfg)
     dialogues = load_split(args.corpus, args.split).dialogues
     examples = builder.unconditioned_examples(dialogues)
     return examples, CORPORA[args.corpus].label_set.labels

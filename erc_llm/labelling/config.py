@@ -17,7 +17,7 @@ class LabelConfig(PromptConfig):
 
     Input is a corpus split (`corpus: meld`, `split: test`) or a user JSONL file (`corpus: path/to.jsonl`).
     The prompt settings are inherited fields; when `adapter` is an SFT output folder that saved its
-    `prompt_config.json`, those settings are used instead (`prompt_from_adapter`), so labelling prompts match
+    `erc_config.yaml`, its prompt and retrieval settings are used instead (`prompt_from_adapter`), so labelling prompts match
     training prompts. Output goes to `output_dir` (predictions.jsonl, metrics.json when gold labels exist);
     rerunning the same command resumes an interrupted run.
     """
@@ -28,7 +28,7 @@ class LabelConfig(PromptConfig):
     )
     adapter: str | None = field(default=None, metadata={"help": "LoRA adapter folder written by recipes/sft.py."})
     prompt_from_adapter: bool = field(
-        default=True, metadata={"help": "Use the prompt config saved beside the adapter (prompt_config.json)."}
+        default=True, metadata={"help": "Use the prompt settings saved beside the adapter (erc_config.yaml)."}
     )
     backend: str = field(default="vllm", metadata={"help": "vllm | hf (transformers label scoring) | endpoint."})
     endpoint: str | None = field(default=None, metadata={"help": "Base URL of a `vllm serve` for backend=endpoint."})

@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import hashlib
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -20,16 +21,51 @@ from erc_llm.labelling.loop import Labelled, label_dialogues
 from erc_llm.labelling.writer import ResumableWriter
 from erc_llm.prompting.config import PromptConfig
 
-PROMPT_CONFIG_NAME = "prompt_config.json"
+ADAPTER_CONFIG_NAME = "erc_config.yaml"  # resolved SFT config saved beside the adapter by recipes/sft.py
+ADAPTER_SUMMARY_NAME = "run_summary.json"  # holds the dev-fitted `label_bias` when the SFT run calibrated
+
+
+def prompt_settings_for(cfg: LabelConfig):
+    """(PromptConfig, RetrievalConfig | None): those the adapter was trained with when saved, else the run's own."""
+    from erc_llm.prompting.dataset import load_prompt_settings
+
+    saved = Path(cfg.adapter) / ADAPTER_CONFIG_NAME if cfg.adapter else None
+    if saved is not None and cfg.prompt_from_adapter and saved.exists():
+        return load_prompt_settings(saved)
+    names = [f.name for f in dataclasses.fields(PromptConfig)]
+    return PromptConfig(**{name: getattr(cfg, name) for name in names}), None
 
 
 def prompt_config_for(cfg: LabelConfig) -> PromptConfig:
-    """The prompt settings: those saved beside the adapter when present, else the run's own."""
-    names = [f.name for f in dataclasses.fields(PromptConfig)]
-    if cfg.adapter and cfg.prompt_from_adapter and (Path(cfg.adapter) / PROMPT_CONFIG_NAME).exists():
-        saved = json.loads((Path(cfg.adapter) / PROMPT_CONFIG_NAME).read_text())
-        return PromptConfig(**{k: v for k, v in saved.items() if k in names})
-    return PromptConfig(**{name: getattr(cfg, name) for name in names})
+    """The prompt settings only (see `prompt_settings_for`)."""
+    return prompt_settings_for(cfg)[0]
+
+
+def adapter_label_bias(cfg: LabelConfig) -> dict[str, float] | None:
+    """Per-label log-probability offsets fitted on dev by the SFT run (applied before the argmax), if any."""
+    summary = Path(cfg.adapter) / ADAPTER_SUMMARY_NAME if cfg.adapter else None
+    if summary is None or not summary.exists():
+        return None
+    return json.loads(summary.read_text()).get("label_bias") or None
+
+
+class BiasedScorer:
+    """Adds fixed per-label log-probability offsets to a scorer's probabilities and renormalises."""
+
+    def __init__(self, scorer, bias: dict[str, float]) -> None:
+        self.scorer = scorer
+        self.bias = bias
+
+    def score(self, prompts):
+        """Biased per-label probabilities."""
+        out = []
+        for probs in self.scorer.score(prompts):
+            logits = {k: math.log(max(v, 1e-12)) + self.bias.get(k, 0.0) for k, v in probs.items()}
+            top = max(logits.values())
+            weights = {k: math.exp(v - top) for k, v in logits.items()}
+            total = sum(weights.values())
+            out.append({k: w / total for k, w in weights.items()})
+        return out
 
 
 def _file_digest(folder: str | None) -> str | None:
@@ -63,16 +99,18 @@ def run_labelling(cfg: LabelConfig, command: str | None = None) -> Path:
     order = [u.key for d in dialogues for u in d]
 
     # ---- prompts (speakers, biographies, demonstrations from the reference corpus's train split) -------
-    prompt_cfg = prompt_config_for(cfg)
+    prompt_cfg, retrieval_cfg = prompt_settings_for(cfg)
     reference = cfg.reference_corpus or (label_set.name if cfg.corpus.endswith(".jsonl") else cfg.corpus)
-    builder = build_prompt_builder(prompt_cfg, reference, cfg.data_dir, index_dir=cfg.index_dir)
+    builder = build_prompt_builder(prompt_cfg, reference, cfg.data_dir, index_dir=cfg.index_dir,
+                                   retrieval=retrieval_cfg)
+    label_bias = adapter_label_bias(cfg)
 
     # ---- resumable output ----------------------------------------------------------------------------------
     fingerprint = {
         "model": cfg.model, "adapter": cfg.adapter, "adapter_digest": _file_digest(cfg.adapter),
         "backend": cfg.backend, "prompt": dataclasses.asdict(prompt_cfg), "input": loaded.path,
         "split": cfg.split, "max_dialogues": cfg.max_dialogues, "labels": list(label_set.labels),
-        "reference_corpus": reference,
+        "reference_corpus": reference, "label_bias": label_bias,
     }
     writer = ResumableWriter(cfg.output_dir, fingerprint)
     if writer.torn_lines:
@@ -91,7 +129,8 @@ def run_labelling(cfg: LabelConfig, command: str | None = None) -> Path:
                              engine_args=cfg.engine_args, endpoint=cfg.endpoint, batch_size=cfg.batch_size,
                              lora_mode=cfg.lora_mode, served_model_name=cfg.served_model_name)
         engine_ready = time.perf_counter()
-        label_dialogues(dialogues, builder, engine, batch_size=cfg.batch_size, done=done,
+        scorer = BiasedScorer(engine, label_bias) if label_bias else engine
+        label_dialogues(dialogues, builder, scorer, batch_size=cfg.batch_size, done=done,
                         on_batch=lambda items: writer.append(_record(i, gold[i.example.key]) for i in items))
     else:
         engine_ready = started
@@ -114,7 +153,7 @@ def run_labelling(cfg: LabelConfig, command: str | None = None) -> Path:
         write_metrics(out, metrics, system=f"llm:{Path(cfg.adapter).name if cfg.adapter else cfg.model}",
                       corpus=label_set.name, split=cfg.split, command=command,
                       extra={"backend": cfg.backend, "model": cfg.model, "adapter": cfg.adapter,
-                             "labelled_now": remaining, "label_seconds": round(finished - engine_ready, 2),
+                             "labelled_now": remaining, "label_bias": label_bias, "label_seconds": round(finished - engine_ready, 2),
                              "engine_start_seconds": round(engine_ready - started, 2),
                              "utterances_per_second": round(remaining / max(finished - engine_ready, 1e-9), 3),
                              "unlabelled_gold": len(records) - len(labelled)})
