@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_json", "atomic_write_text"]
+__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "file_lock"]
 
 _DEFAULT_FILE_MODE = 0o644
 
@@ -109,3 +109,18 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any, indent: int | None
     """
     text = json.dumps(obj, ensure_ascii=False, indent=indent, allow_nan=False) + "\n"
     return atomic_write_text(path, text)
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Exclusive inter-process lock on `path` held while the block runs (blocks until free)."""
+    import fcntl
+
+    lock_path = Path(path)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("a+") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

@@ -15,8 +15,6 @@ the local HF cache when ``HF_HUB_OFFLINE=1``).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -27,11 +25,11 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from erc_llm.io import file_lock
 from erc_llm.paths import cache_root
 
 MARKER_NAME = "erc_llm_source.json"
@@ -211,18 +209,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """Exclusive inter-process lock held while the block runs (blocks until free)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
 def _drop_load_time_keys(path: Path) -> None:
     """Remove keys that describe how the GGUF was loaded (is_local, local_files_only) from a saved JSON config."""
     if not path.exists():
@@ -297,7 +283,7 @@ def materialise(name_or_model: str | OfflineModel, *, force: bool = False, progr
         return target
     root = target.parent
     root.mkdir(parents=True, exist_ok=True)
-    with _file_lock(root / f".{model.dir_name}.lock"):
+    with file_lock(root / f".{model.dir_name}.lock"):
         # Another process may have finished it while we waited for the lock.
         if not force and _marker_matches(read_marker(target), model, source):
             return target

