@@ -68,6 +68,12 @@ class HFLabelScorer:
         results: list[dict[str, float] | None] = [None] * len(encoded)
         was_training = self.model.training
         self.model.eval()
+        # Frozen (requires_grad=False) bf16 weights take a 4-6x slower CPU matmul path in this torch build
+        # (measured on SmolLM2: 13.5 s vs 2.3 s per forward); flag them during scoring (no graph is recorded under
+        # inference_mode) and restore them afterwards.
+        frozen = [p for p in self.model.parameters() if not p.requires_grad] if self.device.type == "cpu" else []
+        for param in frozen:
+            param.requires_grad_(True)
         try:
             with torch.inference_mode(), self._autocast():
                 for start in range(0, len(order), self.batch_size):
@@ -76,6 +82,8 @@ class HFLabelScorer:
                     for i, row in zip(chunk, probs.tolist()):
                         results[i] = dict(zip(self.labels, row))
         finally:
+            for param in frozen:
+                param.requires_grad_(False)
             if was_training:
                 self.model.train()
         return results  # type: ignore[return-value]
