@@ -48,7 +48,7 @@ def test_every_recipe_parses_strictly(recipe: Path):
     assert data_config.corpus
     assert training_args.metric_for_best_model == "weighted_f1"
     assert training_args.load_best_model_at_end
-    assert Path(training_args.output_dir).parts[:2] == ("runs", "baseline")
+    assert Path(training_args.output_dir).parts[0] == "runs"  # git-ignored run folders
     assert model_config.fusion in ("concat", "mha")
 
 
