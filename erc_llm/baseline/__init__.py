@@ -34,6 +34,7 @@ _EXPORTS = {
     "prepare_data": "erc_llm.baseline.data",
     "run_extra": "erc_llm.baseline.train",
     "save_run": "erc_llm.baseline.train",
+    "train_and_evaluate": "erc_llm.baseline.train",
     "write_feature_store": "erc_llm.baseline.features",
 }
 
