@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import time
@@ -25,22 +26,24 @@ def _banner(step: int, total: int, title: str) -> float:
 
 
 def _run(cmd: list[str], log: Path) -> None:
-    """Run a stage's command, its output teed to a log file; fail with the log's tail."""
+    """Run a stage's command with its output streamed to a log file and its progress bars echoed on one line."""
     print("  $ " + " ".join(str(c) for c in cmd), flush=True)
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as handle:
-        process = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                   env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+    with open(log, "wb") as handle:
+        process = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
         assert process.stdout is not None
-        for line in process.stdout:
-            handle.write(line)
-            if "%|" in line or line.startswith(("{'", "error", "Error")):
-                sys.stdout.write("  " + line.rstrip()[-150:] + "\r")
+        while chunk := process.stdout.read1(65536):
+            handle.write(chunk)
+            handle.flush()
+            pieces = [p for p in re.split(r"[\r\n]", chunk.decode(errors="replace")) if "%|" in p]
+            if pieces:
+                sys.stdout.write("\r  " + pieces[-1].strip()[-110:].ljust(110))
                 sys.stdout.flush()
         code = process.wait()
     print()
     if code != 0:
-        tail = log.read_text()[-3000:]
+        tail = log.read_text(errors="replace")[-3000:]
         raise SystemExit(f"stage failed (exit {code}); log: {log}\n{tail}")
 
 
