@@ -1,8 +1,8 @@
 """The main job end to end (`erc-llm demo`, `make demo`): every stage runs as the recipe a user would run.
 
 prepare data -> speaker registry, biographies + FAISS index -> LoRA SFT of SmolLM2-135M -> vLLM labelling of a
-MELD test slice -> encoder-fusion baseline on the same slice -> comparison report. Offline; the defaults fit
-in about a quarter of an hour on 2 CPU cores.
+MELD test slice -> encoder-fusion baseline on the same slice -> comparison report. Offline; sized for a quarter of an
+hour on an idle 2-core CPU.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def _run(cmd: list[str], log: Path) -> None:
         raise SystemExit(f"stage failed (exit {code}); log: {log}\n{tail}")
 
 
-def run_demo(out: Path, test_dialogues: int = 20, data_dir: str | None = None) -> Path:
+def run_demo(out: Path, test_dialogues: int = 12, data_dir: str | None = None) -> Path:
     """Run every stage into `out`; return the comparison report's path."""
     from erc_llm.data.prepare import prepare
     from erc_llm.evaluation.compare import compare_runs
@@ -98,6 +98,6 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     """Add `erc-llm demo`."""
     p = subparsers.add_parser("demo", help="run the whole pipeline end to end on a small offline default")
     p.add_argument("--out", default="runs/demo", help="folder for every stage's output")
-    p.add_argument("--test-dialogues", type=int, default=20, help="MELD test dialogues labelled by both systems")
+    p.add_argument("--test-dialogues", type=int, default=12, help="MELD test dialogues labelled by both systems")
     p.add_argument("--data-dir", default=None)
     p.set_defaults(func=lambda args: run_demo(Path(args.out), args.test_dialogues, args.data_dir) and 0)
