@@ -69,7 +69,7 @@ def test_llm_biographies_with_real_smollm2(data_dir):
     registry = SpeakerRegistry.build([train])
     store = BiographyStore.build(train, registry, MELD_LABELS, "meld")
     store.records = {k: store.records[k] for k in ("monica_geller", "ross_geller", "carol_willick")}
-    cfg = LLMBiographyConfig(max_lines=8, max_new_tokens=24, batch_size=3)
+    cfg = LLMBiographyConfig(max_lines=8, max_new_tokens=16, batch_size=3)
     generator = TransformersGenerator(cfg.model, cfg.max_new_tokens, cfg.batch_size)
     store.add_llm_biographies(train, registry, generator, cfg, generator.name)
     for record in store.records.values():
