@@ -8,7 +8,8 @@ builder) for the same number of steps; tokens/s = prompt+answer tokens of the ex
   position, TRL's padded collator), a conversational prompt-completion dataset (completion-only loss), LoRA on all
   layers; `use_cpu=True` is the one change needed to run here.
 * ours-fp32 / ours-bf16: the recipe's settings (label-only logits, no gradient checkpointing, LoRA on the top
-  layers, `--batching` collator), in fp32 and with bf16 autocast.
+  layers, `--batching` collator), with the frozen base in fp32 or in bf16 (the CPU recipes' `dtype: bfloat16`,
+  no autocast; the LoRA adapters stay fp32).
 
 Also times constrained label scoring (prompts/s) with and without the shared-prefix KV cache.
 
@@ -73,9 +74,9 @@ def load_examples(n: int, past_window: int):
     return subsample_examples(builder.training_examples(train.dialogues), n, "stratified", 0)
 
 
-def fresh_model(path: str):
-    """A freshly loaded fp32 base model (each variant starts from the same weights)."""
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa")
+def fresh_model(path: str, dtype: torch.dtype = torch.float32):
+    """A freshly loaded base model (each variant starts from the same weights)."""
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
 
 
 def run_stock(path, tokenizer, examples, args) -> float:
@@ -98,11 +99,11 @@ def run_ours(path, tokenizer, examples, args, bf16: bool) -> float:
     answer = label_tokens(tokenizer, MELD_LABELS.labels)
     weights = class_weights([e.label for e in examples], "sqrt_inverse")
     dataset, _ = build_train_dataset(examples, tokenizer, answer, weights, max_length=512)
-    config = ERCSFTConfig(output_dir=f"{args.out}/ours", use_cpu=True, bf16=bf16, max_steps=args.steps,
+    config = ERCSFTConfig(output_dir=f"{args.out}/ours", use_cpu=True, bf16=False, max_steps=args.steps,
                           per_device_train_batch_size=8, report_to="none", save_strategy="no", eval_strategy="no",
                           logging_steps=1000, disable_tqdm=True, batching=args.batching, dataloader_num_workers=0,
                           load_best_model_at_end=False)
-    model = fresh_model(path)
+    model = fresh_model(path, torch.bfloat16 if bf16 else torch.float32)
     model_args = ERCModelConfig(model_name_or_path=path, use_peft=True, lora_r=args.lora_r,
                                 lora_alpha=2 * args.lora_r, lora_target_modules=TARGETS,
                                 lora_top_layers=args.lora_top_layers)
@@ -117,13 +118,14 @@ def run_ours(path, tokenizer, examples, args, bf16: bool) -> float:
 
 
 def time_scoring(path, tokenizer, examples, n: int) -> dict[str, float]:
-    """Label-scoring prompts/s with and without the shared-prefix cache (fp32 and bf16 autocast)."""
+    """Label-scoring prompts/s with and without the shared-prefix cache (fp32 and bf16 weights)."""
     model = fresh_model(path).eval()
     prompts = [e.messages for e in examples[:n]]
     out = {}
-    for name, kwargs in (("fp32", {}), ("fp32-no-prefix-cache", {"prefix_cache": False}),
-                         ("bf16", {"autocast_dtype": torch.bfloat16})):
-        scorer = HFLabelScorer(model, tokenizer, MELD_LABELS.labels, batch_size=32, **kwargs)
+    bf16 = fresh_model(path, torch.bfloat16).eval()
+    for name, lm, kwargs in (("fp32", model, {}), ("fp32-no-prefix-cache", model, {"prefix_cache": False}),
+                             ("bf16", bf16, {}), ("bf16-no-prefix-cache", bf16, {"prefix_cache": False})):
+        scorer = HFLabelScorer(lm, tokenizer, MELD_LABELS.labels, batch_size=32, **kwargs)
         started = time.perf_counter()
         scorer.score(prompts)
         out[name] = round(len(prompts) / (time.perf_counter() - started), 2)
