@@ -15,8 +15,6 @@ repeated runs reuse it.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import math
@@ -26,7 +24,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +34,7 @@ import numpy as np
 from erc_llm.data.labels import LabelSet
 from erc_llm.data.schema import Dialogue
 from erc_llm.data.speakers import SpeakerRegistry
-from erc_llm.io import atomic_write_json
+from erc_llm.io import atomic_write_json, file_lock
 from erc_llm.paths import cache_root
 from erc_llm.retrieval.biographies import (
     BiographyStore,
@@ -389,18 +387,6 @@ def index_key(corpus: str, inputs_sha: str, config: RetrievalConfig, parts: Sequ
     return f"{slug}-{digest}"
 
 
-@contextlib.contextmanager
-def _build_lock(path: Path) -> Iterator[None]:
-    """Exclusive inter-process lock so two runs do not build the same index at once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a+") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
 def load_or_build_index(
     root: str | Path | None,
     corpus: str,
@@ -422,7 +408,7 @@ def load_or_build_index(
     root = Path(root) if root is not None else default_index_root()
     key = index_key(corpus, inputs_sha256(dialogues, registry), cfg, parts, demonstration_query, biography_kind)
     folder = root / key
-    with _build_lock(root / f".{key}.lock"):
+    with file_lock(root / f".{key}.lock"):  # two runs never build the same index at once
         if not rebuild and (folder / MANIFEST).exists():
             try:
                 return RetrievalIndex.load(folder), folder
