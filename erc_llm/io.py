@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "file_lock"]
+__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "file_lock", "replace_dir"]
 
 _DEFAULT_FILE_MODE = 0o644
 
@@ -124,3 +124,18 @@ def file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def replace_dir(finished: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """Swap a fully written temporary folder into place; an existing target is moved aside, then removed."""
+    import shutil
+
+    finished, target = Path(finished), Path(target)
+    os.chmod(finished, 0o755)  # mkdtemp creates 0700
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        os.replace(target, old / "previous")
+        os.replace(finished, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(finished, target)

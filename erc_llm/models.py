@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from erc_llm.io import file_lock
+from erc_llm.io import file_lock, replace_dir
 from erc_llm.paths import cache_root
 
 MARKER_NAME = "erc_llm_source.json"
@@ -310,14 +310,7 @@ def materialise(name_or_model: str | OfflineModel, *, force: bool = False, progr
                 "build_seconds": round(time.monotonic() - started, 1),
             }
             (tmp / MARKER_NAME).write_text(json.dumps(marker, indent=2) + "\n")
-            os.chmod(tmp, 0o755)  # mkdtemp creates 0700
-            if target.exists():  # an outdated or unfinished copy: move it aside, swap in the new one
-                old = Path(tempfile.mkdtemp(prefix=f".{model.dir_name}.tmp-old-", dir=root))
-                os.replace(target, old / "model")
-                os.replace(tmp, target)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, target)
+            replace_dir(tmp, target)  # an outdated or unfinished copy is moved aside
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

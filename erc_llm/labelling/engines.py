@@ -65,11 +65,10 @@ def _adapter_digest(base: str, adapter: str) -> str:
 
 def merged_model_dir(base: str, adapter: str) -> Path:
     """Merge a LoRA adapter into its base once and cache the result (vLLM on CPU serves merged weights)."""
-    import os
     import shutil
     import tempfile
 
-    from erc_llm.io import file_lock
+    from erc_llm.io import file_lock, replace_dir
 
     target = cache_root() / "merged" / f"{Path(adapter).resolve().name}-{_adapter_digest(base, adapter)}"
     if (target / "config.json").exists():
@@ -89,7 +88,7 @@ def merged_model_dir(base: str, adapter: str) -> Path:
             merged.save_pretrained(tmp)
             tokenizer_src = adapter if (Path(adapter) / "tokenizer_config.json").exists() else base
             AutoTokenizer.from_pretrained(tokenizer_src).save_pretrained(tmp)
-            os.replace(tmp, target)
+            replace_dir(tmp, target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return target

@@ -34,7 +34,7 @@ import numpy as np
 from erc_llm.data.labels import LabelSet
 from erc_llm.data.schema import Dialogue
 from erc_llm.data.speakers import SpeakerRegistry
-from erc_llm.io import atomic_write_json, file_lock
+from erc_llm.io import atomic_write_json, file_lock, replace_dir
 from erc_llm.paths import cache_root
 from erc_llm.retrieval.biographies import (
     BiographyStore,
@@ -296,14 +296,7 @@ class RetrievalIndex:
                 with (tmp / "utterances.npy").open("wb") as handle:
                     np.save(handle, np.asarray(self.utterance_vectors, dtype=np.float32), allow_pickle=False)
             atomic_write_json(tmp / MANIFEST, self.manifest)  # written last: its presence marks a finished build
-            os.chmod(tmp, 0o755)
-            if target.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-                os.replace(target, old / "index")
-                os.replace(tmp, target)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, target)
+            replace_dir(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
