@@ -47,8 +47,13 @@ def _run(cmd: list[str], log: Path) -> None:
         raise SystemExit(f"stage failed (exit {code}); log: {log}\n{tail}")
 
 
-def run_demo(out: Path, test_dialogues: int = 12, data_dir: str | None = None) -> Path:
-    """Run every stage into `out`; return the comparison report's path."""
+def run_demo(out: Path, test_dialogues: int = 12, data_dir: str | None = None, sft_examples: int | None = None,
+             baseline_train_dialogues: int | None = None) -> Path:
+    """Run every stage into `out`; return the comparison report's path.
+
+    The defaults are the recipes' (demo.yaml: 96 SFT examples; demo_meld.yaml: 300 baseline training dialogues);
+    `sft_examples` and `baseline_train_dialogues` shrink them further (the CI test of the whole pipeline does).
+    """
     from erc_llm.data.prepare import prepare
     from erc_llm.evaluation.compare import compare_runs
 
@@ -72,7 +77,8 @@ def run_demo(out: Path, test_dialogues: int = 12, data_dir: str | None = None) -
 
     t = _banner(3, total, "SFT: LoRA on SmolLM2-135M-Instruct (context + biography + emotion history)")
     _run([py, RECIPES / "sft.py", "--config", RECIPES / "smollm2-135m" / "sft" / "demo.yaml",
-          "--output_dir", out / "sft", "--index_dir", indices, *data], out / "logs" / "sft.log")
+          "--output_dir", out / "sft", "--index_dir", indices, *data,
+          *(["--train_subsample", sft_examples] if sft_examples else [])], out / "logs" / "sft.log")
     print(f"  {time.perf_counter() - t:.0f} s")
 
     t = _banner(4, total, f"label: vLLM on the first {test_dialogues} MELD test dialogues with the adapter")
@@ -83,7 +89,8 @@ def run_demo(out: Path, test_dialogues: int = 12, data_dir: str | None = None) -
 
     t = _banner(5, total, "baseline: encoder fusion (frozen MiniLM + context) on the same test slice")
     _run([py, RECIPES / "baseline.py", "--config", RECIPES / "encoder-fusion" / "demo_meld.yaml",
-          "--output_dir", out / "baseline", "--max_eval_dialogues", str(test_dialogues), *data],
+          "--output_dir", out / "baseline", "--max_eval_dialogues", str(test_dialogues), *data,
+          *(["--max_train_dialogues", baseline_train_dialogues] if baseline_train_dialogues else [])],
          out / "logs" / "baseline.log")
     print(f"  {time.perf_counter() - t:.0f} s")
 
@@ -100,4 +107,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/demo", help="folder for every stage's output")
     p.add_argument("--test-dialogues", type=int, default=12, help="MELD test dialogues labelled by both systems")
     p.add_argument("--data-dir", default=None)
-    p.set_defaults(func=lambda args: run_demo(Path(args.out), args.test_dialogues, args.data_dir) and 0)
+    p.add_argument("--sft-examples", type=int, default=None, help="LoRA training examples (default: demo.yaml's 96)")
+    p.add_argument("--baseline-train-dialogues", type=int, default=None,
+                   help="MELD train dialogues for the baseline (default: demo_meld.yaml's 300)")
+    p.set_defaults(func=lambda args: run_demo(Path(args.out), args.test_dialogues, args.data_dir, args.sft_examples,
+                                              args.baseline_train_dialogues) and 0)

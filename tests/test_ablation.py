@@ -1,0 +1,109 @@
+"""The ablation runner: strict specs, resumable rows, and a table built from real run folders."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from erc_llm.evaluation import PredictionRecord, compute_metrics, write_metrics, write_predictions
+from erc_llm.evaluation.ablation import (
+    ROW_ARGS_FILE,
+    AblationSpecError,
+    _fingerprint,
+    collect_results,
+    load_spec,
+    render_table,
+    row_is_finished,
+    run_ablation,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SPECS = sorted(REPO.glob("recipes/*/ablation/*.yaml"))
+LABELS = ["neutral", "joy", "anger"]
+
+
+def write_spec(path: Path, **overrides) -> Path:
+    spec = {"base_config": "recipes/smollm2-135m/sft/smoke.yaml", "output_dir": str(path.parent / "out"),
+            "reference": "context", "rows": {"context": {}, "+history": {"use_history": True}}}
+    spec.update(overrides)
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.mark.parametrize("spec_path", SPECS, ids=[p.stem for p in SPECS])
+def test_every_ablation_spec_parses_strictly(spec_path: Path) -> None:
+    spec = load_spec(spec_path)  # parses every row as recipes/sft.py would
+    assert spec.reference in spec.rows and len(spec.rows) >= 5
+    assert {"use_biography", "use_history", "use_demonstrations"} <= {k for r in spec.rows.values() for k in r}
+    assert any(r.get("class_weighting") == "none" for r in spec.rows.values())
+
+
+def test_spec_errors_name_the_file_and_key(tmp_path: Path) -> None:
+    with pytest.raises(AblationSpecError, match=r"spec\.yaml.*unknown key.*'colour'"):
+        load_spec(write_spec(tmp_path / "spec.yaml", colour="red"))
+    with pytest.raises(AblationSpecError, match="reference 'missing' is not a row"):
+        load_spec(write_spec(tmp_path / "spec.yaml", reference="missing"))
+    with pytest.raises(AblationSpecError, match="row '\\+history' does not parse"):
+        load_spec(write_spec(tmp_path / "spec.yaml", rows={"context": {}, "+history": {"use_histroy": True}}))
+    with pytest.raises(AblationSpecError, match="base_config"):
+        load_spec(write_spec(tmp_path / "spec.yaml", base_config="recipes/nope.yaml"))
+
+
+def test_rows_are_reused_only_when_their_arguments_match(tmp_path: Path) -> None:
+    spec = load_spec(write_spec(tmp_path / "spec.yaml"), validate=False)
+    run_dir = spec.output_dir / "context"
+    run_dir.mkdir(parents=True)
+    assert not row_is_finished(spec, "context")
+    (run_dir / ROW_ARGS_FILE).write_text(json.dumps({"fingerprint": _fingerprint(spec.row_args("context"))}))
+    assert not row_is_finished(spec, "context")  # no metrics.json yet: the run did not finish
+    (run_dir / "metrics.json").write_text("{}")
+    assert row_is_finished(spec, "context")
+    spec.common["train_subsample"] = 99  # other arguments: not the same experiment any more
+    assert not row_is_finished(spec, "context")
+
+
+def fake_row(run_dir: Path, preds: list[str], gold: list[str], config: dict) -> None:
+    records = [PredictionRecord(f"d{i // 4}", i % 4, "s", "t", p, g) for i, (p, g) in enumerate(zip(preds, gold))]
+    write_predictions(run_dir, records)
+    write_metrics(run_dir, compute_metrics(gold, preds, LABELS), system="sft", corpus="meld", split="test")
+    (run_dir / "run_summary.json").write_text(json.dumps(
+        {"dev_weighted_f1": 0.5, "train_examples": 8, "mean_tokens_per_example": 100.0, "train_seconds": 60.0}))
+    (run_dir / "erc_config.yaml").write_text(yaml.safe_dump(config))
+
+
+def test_table_reports_deltas_against_the_reference_including_rows_that_hurt(tmp_path: Path) -> None:
+    spec = load_spec(write_spec(tmp_path / "spec.yaml"), validate=False)
+    gold = ["neutral", "joy", "anger", "neutral"] * 10
+    fake_row(spec.output_dir / "context", ["neutral", "joy", "neutral", "neutral"] * 10, gold,
+             {"past_window": 2, "class_weighting": "sqrt_inverse"})
+    fake_row(spec.output_dir / "+history", ["neutral"] * 40, gold,
+             {"past_window": 2, "use_history": True, "class_weighting": "sqrt_inverse"})
+    results = collect_results(spec, n_resamples=200)
+    by_row = {r["row"]: r for r in results}
+    assert by_row["context"]["delta_vs_reference"]["delta"] == 0.0
+    assert by_row["+history"]["delta_vs_reference"]["delta"] < 0  # the row hurt, and the table says so
+    assert by_row["+history"]["sources"] == "context(2) + history"
+    table = render_table(spec, results, "erc-llm ablate --spec x")
+    assert "| +history | context(2) + history |" in table and "reference" in table
+    assert f"{100 * by_row['+history']['delta_vs_reference']['delta']:+.1f} [" in table
+
+
+@pytest.mark.slow
+def test_real_ablation_runs_rows_writes_the_table_and_resumes(tmp_path: Path, data_dir: Path) -> None:
+    """Two real SFT rows (smoke scale, one with predicted emotion history at test time), then a rerun reuses them."""
+    os.environ["ERC_LLM_DATA_DIR"] = str(data_dir)
+    spec_path = write_spec(tmp_path / "spec.yaml", parallel=2,
+                           common={"test_split": "test", "test_subsample": 20, "max_steps": 2})
+    spec = load_spec(spec_path)
+    report = run_ablation(spec)
+    table = report.read_text()
+    assert "| context |" in table and "| +history |" in table
+    rows = json.loads((spec.output_dir / "ablation.json").read_text())["rows"]
+    assert [r["row"] for r in rows] == ["context", "+history"] and all(r["test_utterances"] >= 20 for r in rows)
+    stamps = {row: (spec.output_dir / row / "metrics.json").stat().st_mtime_ns for row in spec.rows}
+    run_ablation(load_spec(spec_path))  # resume: nothing left to train
+    assert stamps == {row: (spec.output_dir / row / "metrics.json").stat().st_mtime_ns for row in spec.rows}
