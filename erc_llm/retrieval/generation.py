@@ -1,21 +1,23 @@
-"""A default batch text generator on transformers (greedy, CPU or GPU) for LLM biographies.
+"""Batch text generators for LLM biographies: transformers (greedy, CPU or GPU) and the vLLM labelling engine.
 
-Any callable `generate(prompts: list[list[dict]]) -> list[str]` can replace it (the vLLM labelling engine
-provides one); this one runs the PyPI-shipped SmolLM2 offline by default.
+Any callable `generate(prompts: list[list[dict]]) -> list[str]` works; `make_biography_generator` picks the
+one `LLMBiographyConfig.backend` names. Both run the PyPI-shipped SmolLM2 offline by default.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from erc_llm.retrieval.config import DEFAULT_BIOGRAPHY_LLM
+from erc_llm.retrieval.config import DEFAULT_BIOGRAPHY_LLM, LLMBiographyConfig
+
+REPETITION_PENALTY = 1.1  # both backends: small models loop without it
 
 
 class TransformersGenerator:
     """Greedy chat generation with a local causal LM; loaded on first call."""
 
     def __init__(self, model: str = DEFAULT_BIOGRAPHY_LLM, max_new_tokens: int = 96, batch_size: int = 8,
-                 repetition_penalty: float = 1.1, device: str | None = None) -> None:
+                 repetition_penalty: float = REPETITION_PENALTY, device: str | None = None) -> None:
         self.model_name = model
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
@@ -65,3 +67,41 @@ class TransformersGenerator:
             new_tokens = out[:, batch["input_ids"].shape[1]:]
             replies.extend(t.strip() for t in tok.batch_decode(new_tokens, skip_special_tokens=True))
         return replies
+
+
+class VLLMGenerator:
+    """Greedy chat generation with the labelling engine (`VLLMEngine`, generation only); started on first call.
+
+    All prompts of a call go to vLLM as one batch (continuous batching, prefix caching), so `batch_size` of the
+    biography config only sets how often progress is reported.
+    """
+
+    def __init__(self, model: str = DEFAULT_BIOGRAPHY_LLM, max_new_tokens: int = 96,
+                 repetition_penalty: float = REPETITION_PENALTY, engine_args: dict[str, Any] | None = None) -> None:
+        self.model_name = model
+        self.max_new_tokens = max_new_tokens
+        self.repetition_penalty = repetition_penalty
+        self.engine_args = {"max_model_len": 2048, **(engine_args or {})}
+        self._engine: Any = None
+
+    @property
+    def name(self) -> str:
+        """Provenance string stored in the biography header."""
+        return (f"vllm:{self.model_name} greedy max_new_tokens={self.max_new_tokens} "
+                f"repetition_penalty={self.repetition_penalty}")
+
+    def __call__(self, prompts: list[list[dict[str, str]]]) -> list[str]:
+        """One reply per chat prompt, in order."""
+        if self._engine is None:
+            from erc_llm.labelling.engines import VLLMEngine
+
+            self._engine = VLLMEngine(self.model_name, labels=(), engine_args=self.engine_args)
+        return self._engine.generate(prompts, max_tokens=self.max_new_tokens, temperature=0.0,
+                                     repetition_penalty=self.repetition_penalty)
+
+
+def make_biography_generator(config: LLMBiographyConfig) -> TransformersGenerator | VLLMGenerator:
+    """The generator `config.backend` names, with the config's model and length."""
+    if config.backend == "vllm":
+        return VLLMGenerator(config.model, config.max_new_tokens)
+    return TransformersGenerator(config.model, config.max_new_tokens, config.batch_size)

@@ -212,9 +212,9 @@ class RetrievalIndex:
             store = BiographyStore.build(dialogues, registry, label_set, corpus, cfg.profile)
             if biography_kind == "llm":
                 if generator is None:
-                    from erc_llm.retrieval.generation import TransformersGenerator
+                    from erc_llm.retrieval.generation import make_biography_generator
 
-                    generator = TransformersGenerator(cfg.llm.model, cfg.llm.max_new_tokens, cfg.llm.batch_size)
+                    generator = make_biography_generator(cfg.llm)
                 store.add_llm_biographies(dialogues, registry, generator, cfg.llm,
                                           getattr(generator, "name", type(generator).__name__), progress=progress)
             built.biographies = store
