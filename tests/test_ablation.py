@@ -30,7 +30,7 @@ def write_spec(path: Path, **overrides) -> Path:
     spec = {"base_config": "recipes/smollm2-135m/sft/smoke.yaml", "output_dir": str(path.parent / "out"),
             "reference": "context", "rows": {"context": {}, "+history": {"use_history": True}}}
     spec.update(overrides)
-    path.write_text(yaml.safe_dump(spec))
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
 
 
