@@ -69,6 +69,8 @@ class ERCDataArguments(PromptConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if isinstance(self.test_split, str) and self.test_split.lower() in ("none", "null", ""):
+            self.test_split = None  # `--test_split None` on the command line: no test split, as in YAML
         if self.train_subsample_strategy not in SUBSAMPLE_STRATEGIES:
             raise SFTConfigError(
                 f"train_subsample_strategy must be one of {SUBSAMPLE_STRATEGIES}, got {self.train_subsample_strategy!r}"
