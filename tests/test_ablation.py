@@ -83,6 +83,7 @@ def test_table_reports_deltas_against_the_reference_including_rows_that_hurt(tmp
     fake_row(spec.output_dir / "+history", ["neutral"] * 40, gold,
              {"past_window": 2, "use_history": True, "class_weighting": "sqrt_inverse"})
     results = collect_results(spec, n_resamples=200)
+    assert [r["row"] for r in results] == ["context", "+history"]
     by_row = {r["row"]: r for r in results}
     assert by_row["context"]["delta_vs_reference"]["delta"] == 0.0
     assert by_row["+history"]["delta_vs_reference"]["delta"] < 0  # the row hurt, and the table says so
@@ -107,3 +108,13 @@ def test_real_ablation_runs_rows_writes_the_table_and_resumes(tmp_path: Path, da
     stamps = {row: (spec.output_dir / row / "metrics.json").stat().st_mtime_ns for row in spec.rows}
     run_ablation(load_spec(spec_path))  # resume: nothing left to train
     assert stamps == {row: (spec.output_dir / row / "metrics.json").stat().st_mtime_ns for row in spec.rows}
+
+
+def test_table_lists_rows_not_run_yet(tmp_path: Path) -> None:
+    spec = load_spec(write_spec(tmp_path / "spec.yaml"), validate=False)
+    gold = ["neutral", "joy", "anger", "neutral"] * 5
+    fake_row(spec.output_dir / "context", gold, gold, {"past_window": 2})
+    (spec.output_dir / "context" / ROW_ARGS_FILE).write_text(json.dumps({"fingerprint": _fingerprint(spec.row_args("context"))}))
+    table = run_ablation(spec, table_only=True).read_text()
+    assert "| +history |" in table and "**not run yet**" in table
+    assert json.loads((spec.output_dir / "ablation.json").read_text())["not_run"] == ["+history"]

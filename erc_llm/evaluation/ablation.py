@@ -234,9 +234,14 @@ def _row_config(run_dir: Path) -> dict[str, Any]:
     return dict(yaml.safe_load((run_dir / "erc_config.yaml").read_text()) or {})
 
 
-def collect_results(spec: AblationSpec, n_resamples: int = 1000) -> list[dict[str, Any]]:
-    """One result dict per row: its metrics, run summary, and the paired bootstrap delta vs the reference row."""
-    preds = {row: {r.key: r for r in read_predictions(spec.output_dir / row)} for row in spec.rows}
+def collect_results(spec: AblationSpec, rows: Sequence[str] | None = None,
+                    n_resamples: int = 1000) -> list[dict[str, Any]]:
+    """One result dict per row (default: all; the reference must be among them): its metrics, run summary, and
+    the paired bootstrap delta vs the reference row on the utterances every listed row labelled."""
+    rows = list(rows or spec.rows)
+    if spec.reference not in rows:
+        raise AblationSpecError(f"{spec.path}: the reference row {spec.reference!r} has no finished run")
+    preds = {row: {r.key: r for r in read_predictions(spec.output_dir / row)} for row in rows}
     common_keys = sorted(set.intersection(*(set(p) for p in preds.values())))
     if not common_keys:
         raise AblationSpecError(f"{spec.path}: the rows' test predictions share no utterance")
@@ -245,7 +250,7 @@ def collect_results(spec: AblationSpec, n_resamples: int = 1000) -> list[dict[st
     if any(g is None for g in gold):
         raise AblationSpecError(f"{spec.output_dir / spec.reference}: predictions lack gold labels")
     results = []
-    for row in spec.rows:
+    for row in rows:
         run_dir = spec.output_dir / row
         metrics = read_metrics(run_dir)
         summary = json.loads((run_dir / "run_summary.json").read_text())
@@ -274,7 +279,7 @@ def _pct(value: float | None) -> str:
 
 
 def render_table(spec: AblationSpec, results: Sequence[dict[str, Any]], command: str) -> str:
-    """The Markdown ablation report: main table, per-class F1, and how to rerun it."""
+    """The Markdown ablation report: main table (rows without a finished run say so), per-class F1, rerun command."""
     labels = list(results[0]["per_class_f1"]) if results else []
     lines = [f"# Ablation: {spec.path.name}", ""]
     if spec.description:
@@ -297,6 +302,10 @@ def render_table(spec: AblationSpec, results: Sequence[dict[str, Any]], command:
             f"| {r['row']} | {r['sources']} | {r['class_weighting']} | {r['train_examples']} "
             f"| {r['mean_tokens_per_example']} | {_pct(r['dev_weighted_f1'])} | **{_pct(r['weighted_f1'])}** "
             f"| {delta} | {_pct(r['macro_f1'])} | {_pct(r['accuracy'])} | {r['train_minutes']} |")
+    done = {r["row"] for r in results}
+    for row in spec.rows:
+        if row not in done:
+            lines.append(f"| {row} | {json.dumps(spec.rows[row])} | | | | | **not run yet** | | | | |")
     lines += ["", "Per-class test F1:", "", "| row | " + " | ".join(labels) + " |",
               "|---|" + "---:|" * len(labels)]
     for r in results:
@@ -307,19 +316,26 @@ def render_table(spec: AblationSpec, results: Sequence[dict[str, Any]], command:
     return "\n".join(lines)
 
 
-def run_ablation(spec: AblationSpec, only: Sequence[str] | None = None, command: str = "") -> Path:
-    """Run the spec's unfinished rows, then write ablation.md and ablation.json; return the Markdown path."""
+def run_ablation(spec: AblationSpec, only: Sequence[str] | None = None, command: str = "",
+                 table_only: bool = False) -> Path:
+    """Run the spec's unfinished rows (none with `table_only`), then write ablation.md and ablation.json over the
+    finished rows; return the Markdown path."""
     spec.output_dir.mkdir(parents=True, exist_ok=True)
     print(f"ablation {spec.path} -> {spec.output_dir} ({len(spec.rows)} rows, {spec.parallel} at a time)", flush=True)
-    run_rows(spec, only)
-    missing = [row for row in spec.rows if not row_is_finished(spec, row)]
-    if missing:
-        print(f"rows not finished yet: {missing}; the table is written once every row is", flush=True)
+    if not table_only:
+        run_rows(spec, only)
+    finished = [row for row in spec.rows if row_is_finished(spec, row)]
+    if spec.reference not in finished:
+        print(f"the reference row {spec.reference!r} has not finished; no table yet", flush=True)
         return spec.output_dir / "ablation.md"
-    results = collect_results(spec)
+    missing = [row for row in spec.rows if row not in finished]
+    if missing:
+        print(f"rows not run yet (listed as such in the table): {missing}", flush=True)
+    results = collect_results(spec, finished)
     command = command or f"erc-llm ablate --spec {spec.path}"
     atomic_write_json(spec.output_dir / "ablation.json", {"spec": str(spec.path), "command": command,
-                                                          "common": spec.common, "rows": results})
+                                                          "common": spec.common, "rows": results,
+                                                          "not_run": missing})
     report = atomic_write_text(spec.output_dir / "ablation.md", render_table(spec, results, command))
     print(f"table: {report}", flush=True)
     return report
@@ -340,7 +356,7 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
             print(f"{row} ({state}): python {SFT_SCRIPT.relative_to(REPO)} " + " ".join(spec.row_args(row)))
         return 0
     command = "erc-llm ablate " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else ""
-    run_ablation(spec, args.only, command=command)
+    run_ablation(spec, args.only, command=command, table_only=args.table_only)
     return 0
 
 
@@ -352,4 +368,5 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--parallel", type=int, default=None, help="override the spec's runs-at-once")
     p.add_argument("--only", nargs="+", default=None, help="run only these rows (the table needs all)")
     p.add_argument("--dry-run", action="store_true", help="print each row's command and state, run nothing")
+    p.add_argument("--table-only", action="store_true", help="write the table from the finished rows, train nothing")
     p.set_defaults(func=_cmd_ablate)
