@@ -263,6 +263,7 @@ def collect_results(spec: AblationSpec, rows: Sequence[str] | None = None,
             "class_weighting": config.get("class_weighting", "none"),
             "test_utterances": metrics["n"], "weighted_f1": metrics["weighted_f1"], "macro_f1": metrics["macro_f1"],
             "accuracy": metrics["accuracy"],
+            "weighted_f1_without_bias": metrics.get("extra", {}).get("test_weighted_f1_without_bias"),
             "per_class_f1": {label: scores["f1"] for label, scores in metrics["per_class"].items()},
             "dev_weighted_f1": summary.get("dev_weighted_f1"), "train_examples": summary.get("train_examples"),
             "mean_tokens_per_example": summary.get("mean_tokens_per_example"),
@@ -291,8 +292,8 @@ def render_table(spec: AblationSpec, results: Sequence[dict[str, Any]], command:
         "row that hurt.",
         "",
         "| row | prompt sources | class weighting | train ex | prompt tokens | dev W-F1 | **test W-F1** "
-        "| Δ vs reference [95% CI] | macro-F1 | acc | train min |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| Δ vs reference [95% CI] | test W-F1 without dev-fitted bias | macro-F1 | acc | train min |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         d = r["delta_vs_reference"]
@@ -301,11 +302,12 @@ def render_table(spec: AblationSpec, results: Sequence[dict[str, Any]], command:
         lines.append(
             f"| {r['row']} | {r['sources']} | {r['class_weighting']} | {r['train_examples']} "
             f"| {r['mean_tokens_per_example']} | {_pct(r['dev_weighted_f1'])} | **{_pct(r['weighted_f1'])}** "
-            f"| {delta} | {_pct(r['macro_f1'])} | {_pct(r['accuracy'])} | {r['train_minutes']} |")
+            f"| {delta} | {_pct(r['weighted_f1_without_bias'])} | {_pct(r['macro_f1'])} | {_pct(r['accuracy'])} "
+            f"| {r['train_minutes']} |")
     done = {r["row"] for r in results}
     for row in spec.rows:
         if row not in done:
-            lines.append(f"| {row} | {json.dumps(spec.rows[row])} | | | | | **not run yet** | | | | |")
+            lines.append(f"| {row} | {json.dumps(spec.rows[row])} | | | | | **not run yet** | | | | | |")
     lines += ["", "Per-class test F1:", "", "| row | " + " | ".join(labels) + " |",
               "|---|" + "---:|" * len(labels)]
     for r in results:
@@ -355,8 +357,7 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
             state = "finished" if row_is_finished(spec, row) else "to run"
             print(f"{row} ({state}): python {SFT_SCRIPT.relative_to(REPO)} " + " ".join(spec.row_args(row)))
         return 0
-    command = "erc-llm ablate " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else ""
-    run_ablation(spec, args.only, command=command, table_only=args.table_only)
+    run_ablation(spec, args.only, command=f"erc-llm ablate --spec {args.spec}", table_only=args.table_only)
     return 0
 
 
