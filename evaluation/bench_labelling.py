@@ -51,6 +51,12 @@ def build_prompts(args):
     return examples, CORPORA[args.corpus].label_set.labels
 
 
+def full_prompt_tokens(tokenizer, examples) -> int:
+    """Tokens of every chat-templated prompt (transformers 5 returns a dict unless return_dict=False)."""
+    return sum(len(tokenizer.apply_chat_template(e.messages, add_generation_prompt=True, tokenize=True,
+                                                 return_dict=False)) for e in examples)
+
+
 def naive_generate(model, tokenizer, examples, labels, limit: int) -> tuple[float, list[str], int]:
     """One prompt at a time, unconstrained greedy generation of a few tokens; returns seconds, answers, tokens."""
     import torch
@@ -96,8 +102,9 @@ def main() -> None:
     start = time.perf_counter()
     hf.scorer.prompt_tokens = 0
     scores = hf.score([e.messages for e in examples])
+    # prompt_tokens: the whole chat-templated prompts (the scorer itself encodes a batch's shared prefix once)
     results["hf_label_scoring"] = {"utterances": n, "seconds": time.perf_counter() - start,
-                                   "prompt_tokens": hf.scorer.prompt_tokens, "valid": 1.0,
+                                   "prompt_tokens": full_prompt_tokens(hf.tokenizer, examples), "valid": 1.0,
                                    "preds": [max(s, key=s.get) for s in scores]}
     del hf
 
@@ -112,8 +119,7 @@ def main() -> None:
         batch = engine.score([e.messages for e in examples[i:i + args.vllm_batch_size]])
         preds += [max(s, key=s.get) for s in batch]
     done = time.perf_counter()
-    tokenizer = engine.llm.get_tokenizer()
-    vtokens = sum(len(tokenizer.apply_chat_template(e.messages, add_generation_prompt=True)) for e in examples)
+    vtokens = full_prompt_tokens(engine.llm.get_tokenizer(), examples)
     results["vllm"] = {"utterances": n, "seconds": done - started, "engine_start_seconds": started - start,
                        "prompt_tokens": vtokens, "valid": sum(p in labels for p in preds) / n, "preds": preds}
 
