@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from erc_llm.data.labels import EMORYNLP_LABELS, MELD_LABELS, LabelSet
-from erc_llm.data.loaders import load_emorynlp_csv, load_emorynlp_json, load_jsonl, load_meld_csv
 from erc_llm.data.schema import LoadedSplit
 from erc_llm.paths import data_root
 
@@ -89,15 +88,14 @@ CORPORA: dict[str, CorpusSpec] = {
     ),
 }
 
-_READERS = {"meld_csv": load_meld_csv, "emorynlp_csv": load_emorynlp_csv, "emorynlp_json": load_emorynlp_json}
-
 
 def get_corpus(name: str) -> CorpusSpec:
     """Spec of a known corpus."""
     try:
         return CORPORA[name.lower()]
     except KeyError:
-        raise ValueError(f"unknown corpus {name!r}; known: {sorted(CORPORA)} (or a .jsonl path)") from None
+        raise ValueError(f"unknown corpus {name!r}; known: {sorted(CORPORA)} "
+                         "(or a .csv/.jsonl file or a folder of split files)") from None
 
 
 def split_path(corpus: str, split: str, data_dir: str | os.PathLike | None = None) -> Path:
@@ -115,11 +113,9 @@ def load_split(
     skip_invalid: bool = False,
     label_set: LabelSet | None = None,
 ) -> LoadedSplit:
-    """Load one split of a known corpus, or a user JSONL file when `corpus` is a path ending in .jsonl."""
-    if corpus.endswith(".jsonl"):
-        return load_jsonl(corpus, split=split, corpus=Path(corpus).stem, label_set=label_set,
-                          skip_invalid=skip_invalid)
-    spec = get_corpus(corpus)
-    path = split_path(corpus, split, data_dir)
-    reader = _READERS[spec.splits[split].fmt]
-    return reader(path, split, label_set=label_set or spec.label_set, skip_invalid=skip_invalid)
+    """Load one split of a data source: a corpus name, a CSV/JSON/JSONL file or a folder of split files
+    (see `erc_llm.data.sources.resolve_source`). Labels are checked against `label_set`, else the set the
+    corpus or data declares, else not at all."""
+    from erc_llm.data.sources import resolve_source
+
+    return resolve_source(corpus, data_dir=data_dir).load(split, label_set=label_set, skip_invalid=skip_invalid)

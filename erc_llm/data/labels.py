@@ -71,7 +71,14 @@ EMORYNLP_LABELS = LabelSet(
     labels=("neutral", "joyful", "peaceful", "powerful", "scared", "mad", "sad"),
 )
 
-LABEL_SETS: dict[str, LabelSet] = {"meld": MELD_LABELS, "emorynlp": EMORYNLP_LABELS}
+# IEMOCAP's usual 6-class setting (as in most ERC papers); no corpus loader ships for it: bring it as CSV/JSONL.
+IEMOCAP_LABELS = LabelSet(
+    name="iemocap",
+    labels=("happy", "sad", "neutral", "angry", "excited", "frustrated"),
+    aliases={"hap": "happy", "neu": "neutral", "ang": "angry", "exc": "excited", "fru": "frustrated"},
+)
+
+LABEL_SETS: dict[str, LabelSet] = {"meld": MELD_LABELS, "emorynlp": EMORYNLP_LABELS, "iemocap": IEMOCAP_LABELS}
 
 # Coarse cross-corpus mapping onto MELD's Ekman-style classes, for cross-corpus analysis only
 # (never for training targets). EmoryNLP follows Willcox's feeling wheel; "peaceful" and "powerful"
@@ -90,8 +97,7 @@ CROSS_CORPUS_MAP: dict[str, dict[str, str]] = {
 
 
 def get_label_set(name: str) -> LabelSet:
-    """The label set of a known corpus."""
-    try:
-        return LABEL_SETS[name.lower()]
-    except KeyError:
-        raise ValueError(f"unknown label set {name!r}; known: {sorted(LABEL_SETS)}") from None
+    """A label set by known name (meld, emorynlp, iemocap), comma-separated list or labels .txt/.json file."""
+    from erc_llm.data.sources import resolve_labels
+
+    return resolve_labels(name)

@@ -22,6 +22,9 @@ from erc_llm.data.text import clean_text
 
 MELD_REQUIRED = ("Utterance", "Speaker", "Emotion", "Dialogue_ID", "Utterance_ID")
 EMORYNLP_CSV_REQUIRED = ("Utterance", "Speaker", "Emotion", "Scene_ID", "Utterance_ID", "Season", "Episode")
+# Columns each CSV reader understands; any other column is kept per utterance in `Utterance.meta[column]`.
+MELD_KNOWN = (*MELD_REQUIRED, "Sr No.", "Sentiment", "Season", "Episode", "StartTime", "EndTime")
+EMORYNLP_CSV_KNOWN = (*EMORYNLP_CSV_REQUIRED, "Start_Time", "End_Time")
 _TIME = re.compile(r"^(\d+):(\d{2}):(\d{2})(?:[.,](\d+))?$")
 
 
@@ -53,41 +56,62 @@ def parse_timestamp(value: str | None) -> float | None:
 
 
 def _read_csv_records(path: Path, required: Iterable[str]) -> Iterable[tuple[str, dict[str, str]]]:
-    """Yield (row label, record) from a CSV file, checking header, field counts and quoting."""
+    """Yield (row label, record) from a CSV file, checking header, field counts, quoting and encoding.
+
+    Bytes that are not UTF-8 are kept as surrogates while reading (the decoder works ahead in blocks, so a
+    decode error would name the wrong record) and reported on the record and line that hold them.
+    """
     try:
-        handle = open(path, encoding="utf-8-sig", newline="")
+        handle = open(path, encoding="utf-8-sig", errors="surrogateescape", newline="")
     except FileNotFoundError:
         raise DataFormatError(path, None, "file not found (run `erc-llm data prepare` or set --data-dir)") from None
+    except IsADirectoryError:
+        raise DataFormatError(path, None, "is a folder, not a CSV file") from None
     with handle:
         reader = csv.reader(handle, strict=True)
         try:
             header = next(reader)
         except StopIteration:
             raise DataFormatError(path, None, "file is empty (no header row)") from None
-        except (csv.Error, UnicodeDecodeError) as exc:
-            raise DataFormatError(path, 1, f"unreadable header: {exc}") from None
+        except csv.Error as exc:
+            raise DataFormatError(path, "header", f"unreadable header: {exc}") from None
+        if _bad_bytes(header):
+            raise DataFormatError(path, "header", f"not valid UTF-8: {_bad_bytes(header)}")
         header = [h.strip() for h in header]
         missing = [c for c in required if c not in header]
         if missing:
             raise DataFormatError(path, "header", f"missing column(s) {missing}; found {header}")
         record_no = 0
         while True:
+            first_line = reader.line_num + 1
             try:
                 fields = next(reader)
             except StopIteration:
                 return
             except csv.Error as exc:
-                raise DataFormatError(path, f"{record_no + 1} (line {reader.line_num})", f"broken CSV quoting: {exc}") from None
-            except UnicodeDecodeError as exc:
-                raise DataFormatError(path, f"{record_no + 1}", f"not valid UTF-8: {exc}") from None
+                raise DataFormatError(path, f"{record_no + 1} (line {first_line})", f"broken CSV quoting: {exc}") from None
             record_no += 1
-            where = f"{record_no} (line {reader.line_num})"
+            where = f"{record_no} (line {first_line})"
             if not fields or all(not f.strip() for f in fields):
                 continue  # blank line between records: nothing to lose
+            bad = _bad_bytes(fields)
+            if bad:
+                yield where, {"__error__": f"not valid UTF-8: {bad} (save the file as UTF-8)"}
+                continue
             if len(fields) != len(header):
                 yield where, {"__error__": f"has {len(fields)} fields, header has {len(header)} (broken quoting?)"}
                 continue
             yield where, dict(zip(header, fields))
+
+
+def _bad_bytes(fields: Iterable[str]) -> str:
+    """Description of the first undecodable bytes (kept as surrogates) in some fields, else ''."""
+    for value in fields:
+        match = re.search(r"[\udc80-\udcff]+", value)
+        if match:
+            raw = match.group().encode("utf-8", "surrogateescape")
+            return f"byte(s) {raw.hex(' ')} in {value[:40].encode('utf-8', 'replace').decode('utf-8')!r}"
+    return ""
 
 
 def _label(raw: str, label_set: LabelSet | None) -> str:
@@ -184,10 +208,20 @@ def _name(raw: str) -> str:
     return clean_text(raw)
 
 
+def _extra_columns(record: Mapping[str, str], known: Iterable[str]) -> dict[str, str]:
+    """Columns beyond the reader's own, as {column: stripped value} (kept in `Utterance.meta`)."""
+    known = set(known)
+    return {column: value.strip() for column, value in record.items() if column not in known and column}
+
+
 def load_meld_csv(
-    path: str | Path, split: str, label_set: LabelSet = MELD_LABELS, skip_invalid: bool = False
+    path: str | Path, split: str, label_set: LabelSet | None = MELD_LABELS, skip_invalid: bool = False,
+    corpus: str = "meld",
 ) -> LoadedSplit:
-    """Read a MELD `*_sent_emo.csv` file; a dialogue is `Dialogue_ID` within the split."""
+    """Read a MELD `*_sent_emo.csv` file; a dialogue is `Dialogue_ID` within the split.
+
+    Columns beyond MELD's own are kept in `Utterance.meta` under their column name.
+    """
     path = Path(path)
 
     def build(record: dict[str, str]) -> tuple[tuple, Utterance]:
@@ -195,12 +229,12 @@ def load_meld_csv(
         speaker = _name(record["Speaker"])
         if not speaker:
             raise ValueError("empty speaker")
-        meta: dict[str, Any] = {}
+        meta: dict[str, Any] = _extra_columns(record, MELD_KNOWN)
         for column in ("Sentiment", "Season", "Episode", "Sr No."):
             if record.get(column, "").strip():
                 meta[column.lower().replace(" no.", "_no")] = record[column].strip()
         utt = Utterance(
-            dialogue_id=f"meld/{split}/{dialogue_no}",
+            dialogue_id=f"{corpus}/{split}/{dialogue_no}",
             index=utt_no,
             speakers=(speaker,),
             text=_text(record["Utterance"]),
@@ -212,7 +246,7 @@ def load_meld_csv(
         )
         return (utt_no,), utt
 
-    return _load_csv(path, "meld", split, MELD_REQUIRED, build, skip_invalid)
+    return _load_csv(path, corpus, split, MELD_REQUIRED, build, skip_invalid)
 
 
 def parse_speaker_list(raw: str) -> tuple[str, ...]:
@@ -237,9 +271,13 @@ def emorynlp_scene_id(season: int, episode: int, scene: int) -> str:
 
 
 def load_emorynlp_csv(
-    path: str | Path, split: str, label_set: LabelSet = EMORYNLP_LABELS, skip_invalid: bool = False
+    path: str | Path, split: str, label_set: LabelSet | None = EMORYNLP_LABELS, skip_invalid: bool = False,
+    corpus: str = "emorynlp",
 ) -> LoadedSplit:
-    """Read the reduced EmoryNLP CSV release; a dialogue is (Season, Episode, Scene_ID)."""
+    """Read the reduced EmoryNLP CSV release; a dialogue is (Season, Episode, Scene_ID).
+
+    Columns beyond EmoryNLP's own are kept in `Utterance.meta` under their column name.
+    """
     path = Path(path)
 
     def build(record: dict[str, str]) -> tuple[tuple, Utterance]:
@@ -247,7 +285,7 @@ def load_emorynlp_csv(
         scene, utt_no = _int(record, "Scene_ID"), _int(record, "Utterance_ID")
         scene_id = emorynlp_scene_id(season, episode, scene)
         utt = Utterance(
-            dialogue_id=f"emorynlp/{scene_id}",
+            dialogue_id=f"{corpus}/{scene_id}",
             index=utt_no,
             speakers=parse_speaker_list(record["Speaker"]),
             text=_text(record["Utterance"]),
@@ -255,11 +293,11 @@ def load_emorynlp_csv(
             utterance_id=f"{scene_id}_u{utt_no:03d}",
             start=parse_timestamp(record.get("Start_Time")),
             end=parse_timestamp(record.get("End_Time")),
-            meta={"season": season, "episode": episode},
+            meta={**_extra_columns(record, EMORYNLP_CSV_KNOWN), "season": season, "episode": episode},
         )
         return (utt_no,), utt
 
-    return _load_csv(path, "emorynlp", split, EMORYNLP_CSV_REQUIRED, build, skip_invalid)
+    return _load_csv(path, corpus, split, EMORYNLP_CSV_REQUIRED, build, skip_invalid)
 
 
 def _read_json(path: Path) -> Any:
@@ -269,12 +307,16 @@ def _read_json(path: Path) -> Any:
             return json.load(handle)
     except FileNotFoundError:
         raise DataFormatError(path, None, "file not found (run `erc-llm data prepare` or set --data-dir)") from None
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise DataFormatError(path, f"line {line}", f"not valid UTF-8: byte(s) {exc.object[exc.start:exc.end].hex(' ')}") from None
     except json.JSONDecodeError as exc:
         raise DataFormatError(path, f"line {exc.lineno}", f"invalid JSON: {exc.msg}") from None
 
 
 def load_emorynlp_json(
-    path: str | Path, split: str, label_set: LabelSet = EMORYNLP_LABELS, skip_invalid: bool = False
+    path: str | Path, split: str, label_set: LabelSet | None = EMORYNLP_LABELS, skip_invalid: bool = False,
+    corpus: str = "emorynlp",
 ) -> LoadedSplit:
     """Read EmoryNLP's official JSON release (season → episodes → scenes → utterances); a scene is a dialogue."""
     path = Path(path)
@@ -284,9 +326,16 @@ def load_emorynlp_json(
         raise DataFormatError(path, None, "expected an object with an 'episodes' list")
     items: list[tuple[tuple, str, Utterance]] = []
     for e, episode in enumerate(data["episodes"]):
+        if not isinstance(episode, dict) or not isinstance(episode.get("scenes", []), list):
+            raise DataFormatError(path, f"episodes[{e}]", "expected an object with a 'scenes' list")
         for s, scene in enumerate(episode.get("scenes", [])):
+            if not isinstance(scene, dict) or not isinstance(scene.get("utterances", []), list):
+                raise DataFormatError(path, f"episodes[{e}].scenes[{s}]", "expected an object with an 'utterances' list")
             scene_id = scene.get("scene_id") or f"{episode.get('episode_id', e)}_c{s:02d}"
             for u, raw in enumerate(scene.get("utterances", [])):
+                if not isinstance(raw, dict):
+                    sink.fail(f"episodes[{e}].scenes[{s}].utterances[{u}]", "an utterance must be a JSON object")
+                    continue
                 where = raw.get("utterance_id") or f"episodes[{e}].scenes[{s}].utterances[{u}]"
                 try:
                     speakers = tuple(n for n in (_name(v) for v in raw.get("speakers") or []) if n)
@@ -296,7 +345,7 @@ def load_emorynlp_json(
                         raise ValueError("missing field 'transcript'")
                     emotion = raw.get("emotion")
                     utt = Utterance(
-                        dialogue_id=f"emorynlp/{scene_id}",
+                        dialogue_id=f"{corpus}/{scene_id}",
                         index=u,
                         speakers=speakers,
                         text=_text(raw["transcript"]),
@@ -304,12 +353,12 @@ def load_emorynlp_json(
                         utterance_id=raw.get("utterance_id"),
                         meta={"season": e_season(scene_id), "episode": e_episode(scene_id)},
                     )
-                except ValueError as exc:
+                except (ValueError, TypeError, AttributeError) as exc:
                     sink.fail(where, str(exc))
                     continue
                 items.append(((u,), str(where), utt))
-    dialogues = _group(items, "emorynlp", split, sink)
-    return LoadedSplit(corpus="emorynlp", split=split, path=str(path), dialogues=dialogues, skipped=sink.skipped)
+    dialogues = _group(items, corpus, split, sink)
+    return LoadedSplit(corpus=corpus, split=split, path=str(path), dialogues=dialogues, skipped=sink.skipped)
 
 
 def e_season(scene_id: str) -> int | None:
@@ -336,19 +385,39 @@ def load_jsonl(
     Each line: {"dialogue_id": str, "utterances": [{"speaker": str | "speakers": [str], "text": str,
     "label": str (optional), "utterance_id": str, "start": float, "end": float, "media": {modality: path},
     "meta": {...}}]}. Labels are optional (unlabeled data can be labelled later); when present they must
-    belong to `label_set` (if one is given).
+    belong to `label_set` (if one is given). A first line `{"labels": [...]}` declares the label set (used when
+    `label_set` is None; a different set of names than `label_set` is an error).
     """
     path = Path(path)
     sink = _RowSink(path, skip_invalid)
     dialogues: list[Dialogue] = []
     seen_ids: dict[str, int] = {}
     try:
-        handle = open(path, encoding="utf-8")
+        handle = open(path, encoding="utf-8", errors="surrogateescape")
     except FileNotFoundError:
         raise DataFormatError(path, None, "file not found") from None
+    except IsADirectoryError:
+        raise DataFormatError(path, None, "is a folder, not a JSONL file") from None
+    first = True
     with handle:
         for line_no, line in enumerate(handle, start=1):
             if not line.strip():
+                continue
+            if first:  # an optional {"labels": [...]} declaration before the first dialogue
+                first = False
+                from erc_llm.data.sources import parse_label_header
+
+                declared = parse_label_header(line, path, line_no, corpus)
+                if declared is not None:
+                    if label_set is None:
+                        label_set = declared
+                    elif set(declared.labels) != set(label_set.labels):
+                        sink.fail(f"line {line_no}", f"declares labels {list(declared.labels)}, but the label set "
+                                                     f"in use is {list(label_set.labels)}")
+                    continue
+            bad = _bad_bytes([line])
+            if bad:
+                sink.fail(f"line {line_no}", f"not valid UTF-8: {bad} (save the file as UTF-8)")
                 continue
             try:
                 record = json.loads(line)
@@ -405,8 +474,8 @@ def _jsonl_dialogue(
                     utterance_id=None if raw.get("utterance_id") is None else str(raw["utterance_id"]),
                     start=_optional_float(raw.get("start")),
                     end=_optional_float(raw.get("end")),
-                    media={str(k): str(v) for k, v in (raw.get("media") or {}).items()},
-                    meta=dict(raw.get("meta") or {}),
+                    media=_mapping(raw.get("media"), "media"),
+                    meta=_mapping(raw.get("meta"), "meta"),
                 )
             )
         except ValueError as exc:
@@ -414,6 +483,15 @@ def _jsonl_dialogue(
     if not utterances:
         raise ValueError("no valid utterance left in the dialogue")
     return Dialogue(id=str(dialogue_id), corpus=corpus, split=split, utterances=utterances)
+
+
+def _mapping(value: Any, key: str) -> dict:
+    """An optional JSON object field ({} when absent); ValueError otherwise (media values become strings)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"'{key}' must be a JSON object, got {value!r}")
+    return {str(k): str(v) for k, v in value.items()} if key == "media" else dict(value)
 
 
 def _optional_float(value: Any) -> float | None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from erc_llm.data.corpora import CORPORA, load_split
-from erc_llm.paths import data_root
+from erc_llm.paths import DATA_DIR_ENV, data_root
 
 
 @dataclass
@@ -79,7 +79,13 @@ def prepare(
             action = "present"
             if force or not target.exists():
                 url = f"{mirror.rstrip('/')}/{split_file.relpath}" if mirror else split_file.url
-                _download(url, target)
+                try:
+                    _download(url, target)
+                except PrepareError as exc:
+                    raise PrepareError(
+                        f"{exc}; without network, put the {corpus} files ({', '.join(sorted({f.relpath for f in spec.splits.values()}))}) "
+                        f"under {root} yourself, or set {DATA_DIR_ENV} (or --data-dir) to a folder that has them"
+                    ) from exc
                 action = "downloaded"
             if split_file.relpath not in seen and split_file.sha256:
                 digest = sha256_of(target)
