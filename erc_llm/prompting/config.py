@@ -17,6 +17,12 @@ class PromptConfig:
     """
 
     template: str = field(default="erc_instruct.j2", metadata={"help": "Jinja2 template file name in prompts/."})
+    layout: str = field(
+        default="per_utterance",
+        metadata={"help": "'per_utterance': one prompt per target line (context window, demonstrations); 'packed': "
+                          "one chat per dialogue, each line a user turn answered by its label, so the prompt of line i "
+                          "is a prefix of line i+1's (template erc_packed.j2; erc_llm.prompting.packed)."},
+    )
     past_window: int = field(default=8, metadata={"help": "Earlier utterances of the dialogue shown as context."})
     future_window: int = field(
         default=0, metadata={"help": "Later utterances shown as context (0 = causal/online setting)."}
@@ -68,6 +74,11 @@ class PromptConfig:
             raise ValueError(
                 f"unseen_speaker_biography must be 'nearest' or 'none', got {self.unseen_speaker_biography!r}"
             )
+        if self.layout not in ("per_utterance", "packed"):
+            raise ValueError(f"layout must be 'per_utterance' or 'packed', got {self.layout!r}")
+        if self.layout == "packed" and (self.use_demonstrations or self.future_window):
+            raise ValueError("layout 'packed' shows every earlier line in order: demonstrations (retrieved per "
+                             "target) and future_window only fit layout 'per_utterance'")
         if self.history_window < 1 or self.num_demonstrations < 1:
             raise ValueError("history_window and num_demonstrations must be >= 1")
 

@@ -67,3 +67,21 @@ def render_messages(template: jinja2.Template, variables: dict) -> list[dict[str
 def template_text(name: str) -> str:
     """Raw text of a template (saved beside trained adapters)."""
     return find_template(name).read_text(encoding="utf-8")
+
+
+# ---- chat templates -------------------------------------------------------------------------------------
+# Llama-3.1/3.2 chat templates write "Today Date: <date>" into the system turn, taken from the clock
+# (`strftime_now`) unless `date_string` is given; templates without the variable ignore it. Every render of a
+# training, dev/test or labelling prompt passes this fixed date, so the same utterance gives the same tokens on
+# any day (and the prefix cache is not split by date). The value is the templates' own fallback date.
+PINNED_DATE = "26 Jul 2024"
+
+
+def chat_template_kwargs() -> dict[str, str]:
+    """Extra chat-template variables of every prompt render (also sent to vLLM and `vllm serve`)."""
+    return {"date_string": PINNED_DATE}
+
+
+def apply_chat_template(tokenizer, messages: list[dict[str, str]], **kwargs):
+    """`tokenizer.apply_chat_template` with the pinned template variables (`chat_template_kwargs`)."""
+    return tokenizer.apply_chat_template(messages, **{**chat_template_kwargs(), **kwargs})

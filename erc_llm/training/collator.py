@@ -2,7 +2,7 @@
 
 Besides the model inputs, a batch carries `target_rows`/`target_cols` (the positions whose next-token logits
 predict an answer token), `target_ids` (those answer tokens) and `target_weights` (the example's class weight per
-answer token). The trainer asks the model for logits at those positions only (`logits_to_keep`), so the
+answer token; packed sequences carry `label_weights`, one per position). The trainer asks the model for logits at those positions only (`logits_to_keep`), so the
 vocabulary projection runs over a handful of positions instead of every token.
 """
 
@@ -28,6 +28,7 @@ class LabelOnlyCollator:
         ids = [list(f["input_ids"]) for f in features]
         labels = [list(f["labels"]) for f in features]
         weights = [float(f.get("weight", 1.0)) for f in features]
+        per_token = [f.get("label_weights") for f in features]  # packed sequences: one class weight per target
         rows, cols, targets, target_weights = [], [], [], []
         offset = 0
         for i, (seq, lab) in enumerate(zip(ids, labels)):
@@ -36,7 +37,7 @@ class LabelOnlyCollator:
                     rows.append(0 if self.padding_free else i)
                     cols.append(offset + pos - 1 if self.padding_free else pos - 1)
                     targets.append(lab[pos])
-                    target_weights.append(weights[i])
+                    target_weights.append(float(per_token[i][pos]) if per_token[i] is not None else weights[i])
             if self.padding_free:
                 offset += len(seq)
         batch: dict[str, torch.Tensor] = {

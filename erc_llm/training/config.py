@@ -13,7 +13,9 @@ knows (in the YAML or on the command line) is an error.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import importlib.util
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,9 +38,18 @@ class SFTConfigError(ValueError):
 class ERCDataArguments(PromptConfig):
     """Corpus, splits, training subsample and every prompt switch of `PromptConfig` (inherited)."""
 
-    corpus: str = field(default="meld", metadata={"help": "Corpus name (meld, emorynlp, emorynlp-csv) or a .jsonl."})
+    corpus: str = field(
+        default="meld",
+        metadata={"help": "Corpus name (meld, emorynlp, emorynlp-csv), a MELD/EmoryNLP-style .csv, a .jsonl file or a "
+                          "folder of train/dev/test files."},
+    )
     data_dir: str | None = field(
         default=None, metadata={"help": "Corpus folder; default $ERC_LLM_DATA_DIR or ~/.cache/erc_llm/data."}
+    )
+    labels: str | None = field(
+        default=None,
+        metadata={"help": "Label set: meld, emorynlp, iemocap, a list a,b,c or a labels file (default: the one the "
+                          "data declares, else fitted to the training labels)."},
     )
     index_dir: str | None = field(
         default=None, metadata={"help": "Folder of built FAISS indices (biographies/demonstrations), if used."}
@@ -150,6 +161,14 @@ class ERCSFTConfig(SFTConfig):
             "W-F1) and label the test split with them; uncalibrated test scores are kept in metrics.json extra."
         },
     )
+    packed_label_noise: float = field(
+        default=0.0,
+        metadata={
+            "help": "Packed layout only: fraction of inline training labels shown to later lines replaced by a label "
+            "drawn from the training distribution (against exposure bias: at test time inline labels are the "
+            "model's own predictions); the loss at such a line still targets gold."
+        },
+    )
     eval_at_start: bool = field(
         default=False, metadata={"help": "Score the dev split before the first step (zero-shot reference)."}
     )
@@ -166,6 +185,8 @@ class ERCSFTConfig(SFTConfig):
             )
         if self.max_class_weight < 1.0:
             raise SFTConfigError(f"max_class_weight must be >= 1, got {self.max_class_weight}")
+        if not 0.0 <= self.packed_label_noise < 1.0:
+            raise SFTConfigError(f"packed_label_noise must be in [0, 1), got {self.packed_label_noise}")
         if self.label_score_batch_size < 1:
             raise SFTConfigError("label_score_batch_size must be >= 1")
         if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
@@ -226,8 +247,11 @@ def validate_model_args(model_args: ERCModelConfig, training_args: ERCSFTConfig)
         raise SFTConfigError("model_name_or_path is required")
     if model_args.load_in_4bit and not model_args.use_peft:
         raise SFTConfigError("load_in_4bit (QLoRA) trains LoRA adapters: set use_peft: true")
-    if model_args.load_in_4bit and training_args.use_cpu:
-        raise SFTConfigError("load_in_4bit needs bitsandbytes on a CUDA GPU; it cannot run with use_cpu: true")
+    if model_args.load_in_4bit and importlib.util.find_spec("bitsandbytes") is None:
+        raise SFTConfigError("load_in_4bit (QLoRA) needs bitsandbytes: pip install 'erc_llm[gpu]' (CUDA) or "
+                             "bitsandbytes==0.50.2 (its CPU backend also loads 4-bit here)")
+    validate_attention(model_args)
+    validate_launch(training_args, model_args)
     if training_args.merge_adapter and not model_args.use_peft:
         raise SFTConfigError("merge_adapter needs use_peft: true (a full fine-tune is already a full model)")
 
@@ -250,3 +274,62 @@ def resolved_config(*configs: Any) -> dict[str, Any]:
 def dump_yaml(data: dict[str, Any]) -> str:
     """YAML text of a resolved config (sorted keys)."""
     return yaml.safe_dump(data, sort_keys=True, allow_unicode=True)
+
+
+# ---- hardware and launcher checks (run at parse time, before any model is loaded) -------------------------
+FLASH_ATTENTION = {"flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface"}
+
+
+def validate_attention(model_args: ERCModelConfig) -> None:
+    """Refuse an attention implementation whose kernels are not installed (transformers would otherwise try to
+    fetch them from the hub at `from_pretrained`, which fails offline). sdpa handles padding-free batches too."""
+    attn = model_args.attn_implementation
+    if attn in FLASH_ATTENTION and importlib.util.find_spec(FLASH_ATTENTION[attn]) is None:
+        raise SFTConfigError(
+            f"attn_implementation: {attn} needs the `{FLASH_ATTENTION[attn].split('_interface')[0]}` package, "
+            "which is not installed (the `gpu` extra does not pull it: it compiles against your CUDA). Use "
+            "attn_implementation: sdpa (padding-free batches work with it), or pip install flash-attn"
+        )
+    if attn and attn.startswith("kernels-community/") and os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise SFTConfigError(f"attn_implementation: {attn} downloads a kernel from the hub, which is offline here")
+
+
+def _truthy(value: str | None) -> bool:
+    return str(value or "").strip().lower() in ("1", "true", "yes")
+
+
+def sharding_launch(training_args: ERCSFTConfig, environ: Mapping[str, str] | None = None) -> str | None:
+    """'FSDP' or 'DeepSpeed ZeRO-3' when this run is launched to shard parameters, else None."""
+    env = os.environ if environ is None else environ
+    if training_args.fsdp or _truthy(env.get("ACCELERATE_USE_FSDP")):
+        return "FSDP"
+    stage = env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
+    ds = training_args.deepspeed
+    if isinstance(ds, str) and ds.endswith(".json") and os.path.isfile(ds):
+        import json
+
+        stage = str(json.loads(open(ds).read()).get("zero_optimization", {}).get("stage", stage))
+    elif isinstance(ds, dict):
+        stage = str(ds.get("zero_optimization", {}).get("stage", stage))
+    if (ds or _truthy(env.get("ACCELERATE_USE_DEEPSPEED"))) and str(stage) == "3":
+        return "DeepSpeed ZeRO-3"
+    return None
+
+
+def validate_launch(training_args: ERCSFTConfig, model_args: ERCModelConfig,
+                    environ: Mapping[str, str] | None = None) -> None:
+    """Refuse launchers the recipe cannot run under, with the reason and what to use instead.
+
+    FSDP and ZeRO-3 shard every weight over the processes, so any forward pass needs all of them. This recipe's
+    dev/test label scoring (dialogue-order rounds, shared across processes or on rank 0 when history links
+    dialogues) and its merged export run forward passes on some processes only; FSDP's SHARDED_STATE_DICT also
+    writes no adapter_model.safetensors. A 3B LoRA/QLoRA run fits one GPU per process, so DDP
+    (`accelerate_configs/multi_gpu.yaml`) is the multi-GPU path.
+    """
+    kind = sharding_launch(training_args, environ)
+    if kind is not None:
+        raise SFTConfigError(
+            f"{kind} is not supported by recipes/sft.py: parameter sharding needs every process in every forward "
+            "pass, but dev/test label scoring and the merged export run on some processes only. A 3B LoRA/QLoRA "
+            "run fits one GPU per process: launch with recipes/accelerate_configs/multi_gpu.yaml (DDP) instead"
+        )

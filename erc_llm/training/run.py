@@ -18,9 +18,9 @@ import torch.distributed as dist
 from transformers import AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback, PreTrainedTokenizerBase
 from trl import get_peft_config, get_quantization_config
 
-from erc_llm.data.corpora import get_corpus, load_split
 from erc_llm.data.labels import LabelSet
 from erc_llm.data.schema import Dialogue
+from erc_llm.data.sources import resolve_source, run_corpus_name
 from erc_llm.data.speakers import SpeakerRegistry
 from erc_llm.evaluation.rundir import PredictionRecord, write_metrics, write_predictions
 from erc_llm.io import atomic_write_json, atomic_write_text
@@ -53,14 +53,14 @@ class CorpusSplits:
 
 
 def load_corpus(args: ERCDataArguments) -> CorpusSplits:
-    """Train, dev (subsampled by whole dialogues if asked) and test dialogues plus the corpus label set."""
-    train = load_split(args.corpus, args.train_split, args.data_dir)
-    label_set = get_corpus(args.corpus).label_set if not args.corpus.endswith(".jsonl") else None
-    dev = load_split(args.corpus, args.eval_split, args.data_dir, label_set=label_set).dialogues
-    test = load_split(args.corpus, args.test_split, args.data_dir, label_set=label_set).dialogues if args.test_split else None
-    if label_set is None:  # a JSONL corpus: labels as found in its training file
-        seen = sorted({u.label for d in train.dialogues for u in d if u.label})
-        label_set = LabelSet(name=Path(args.corpus).stem, labels=tuple(seen))
+    """Train, dev (subsampled by whole dialogues if asked) and test dialogues plus the label set (`labels`, else
+    the one the data declares, else fitted to train: `erc_llm.data.sources`)."""
+    source = resolve_source(args.corpus, labels=args.labels, data_dir=args.data_dir)
+    source.require_distinct([args.train_split, args.eval_split, args.test_split])
+    train = source.load(args.train_split)
+    label_set = source.label_set_for(train)
+    dev = source.load(args.eval_split, label_set=label_set).dialogues
+    test = source.load(args.test_split, label_set=label_set).dialogues if args.test_split else None
     dev = subsample_dialogues(dev, args.eval_subsample, args.subsample_seed)
     if test is not None:
         test = subsample_dialogues(test, args.test_subsample, args.subsample_seed)
@@ -72,7 +72,7 @@ def make_prompt_builder(args: ERCDataArguments, splits: CorpusSplits) -> PromptB
     demonstrations built from train and cached under `index_dir` when the prompt uses them)."""
     registry = SpeakerRegistry.build([splits.train])
     return build_prompt_builder(args.prompt_config(), args.corpus, args.data_dir, index_dir=args.index_dir,
-                                registry=registry)
+                                registry=registry, label_set=splits.label_set)
 
 
 def load_tokenizer(model_path: str, model_args: ERCModelConfig, training_args: ERCSFTConfig) -> PreTrainedTokenizerBase:
@@ -120,11 +120,17 @@ def build_trainer(
     from erc_llm.prompting.answer import label_tokens
 
     answer = label_tokens(tokenizer, builder.label_set.labels)
-    examples = subsample_examples(builder.training_examples(splits.train), train_size, strategy, seed)
-    weights = class_weights([e.label for e in examples], training_args.class_weighting,
-                            training_args.max_class_weight)
-    dataset, stats = build_train_dataset(examples, tokenizer, answer, weights, training_args.max_length,
-                                         with_end=training_args.train_on_end_token)
+    if builder.config.layout == "packed":
+        dataset, weights, info = packed_train_data(builder, splits, tokenizer, answer, training_args, train_size, seed)
+    else:
+        examples = subsample_examples(builder.training_examples(splits.train), train_size, strategy, seed)
+        weights = class_weights([e.label for e in examples], training_args.class_weighting,
+                                training_args.max_class_weight)
+        dataset, stats = build_train_dataset(examples, tokenizer, answer, weights, training_args.max_length,
+                                             with_end=training_args.train_on_end_token)
+        info = {"train_examples": len(examples), "train_label_counts": label_counts(e.label for e in examples),
+                "truncated_prompts": stats.truncated, "mean_tokens_per_example": round(stats.mean_length, 1),
+                "max_tokens_per_example": stats.max_length}
     collator = LabelOnlyCollator(pad_token_id=tokenizer.pad_token_id,
                                  padding_free=training_args.batching == "padding_free",
                                  pad_to_multiple_of=training_args.pad_to_multiple_of)
@@ -137,16 +143,39 @@ def build_trainer(
         processing_class=tokenizer, data_collator=collator, peft_config=lora_config(model_args, model),
         callbacks=callbacks, builder=builder, eval_dialogues=splits.dev,
     )
-    counts: dict[str, int] = {}
-    for e in examples:
-        counts[e.label] = counts.get(e.label, 0) + 1
-    info = {
-        "train_examples": len(examples), "train_label_counts": dict(sorted(counts.items())),
-        "class_weights": {k: round(v, 4) for k, v in weights.items()}, "truncated_prompts": stats.truncated,
-        "mean_tokens_per_example": round(stats.mean_length, 1), "max_tokens_per_example": stats.max_length,
-        "answer_first_token_unique": answer.first_token_unique,
-    }
+    info.update(layout=builder.config.layout, class_weights={k: round(v, 4) for k, v in weights.items()},
+                answer_first_token_unique=answer.first_token_unique)
     return trainer, info
+
+
+def label_counts(labels) -> dict[str, int]:
+    """Sorted label -> count."""
+    counts: dict[str, int] = {}
+    for label in labels:
+        counts[label] = counts.get(label, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def packed_train_data(builder: PromptBuilder, splits: CorpusSplits, tokenizer, answer, training_args: ERCSFTConfig,
+                      train_size: int | None, seed: int):
+    """(dataset, class weights, info) of the packed layout: whole training dialogues (about `train_size` lines)."""
+    from erc_llm.prompting.dataset import warm_sources
+    from erc_llm.training.packed import build_packed_train_dataset
+
+    dialogues = subsample_dialogues(splits.train, train_size, seed)
+    labels = [u.label for d in dialogues for u in d if u.label is not None]
+    weights = class_weights(labels, training_args.class_weighting, training_args.max_class_weight)
+    warm_sources(builder, dialogues)
+    history = builder.gold_history(splits.train) if builder.config.use_history else None  # whole training split
+    dataset, stats = build_packed_train_dataset(
+        dialogues, builder, tokenizer, answer, weights, training_args.max_length,
+        with_end=training_args.train_on_end_token, label_noise=training_args.packed_label_noise, seed=seed,
+        history=history)
+    info = {"train_examples": stats.targets, "train_dialogues": stats.dialogues, "train_sequences": stats.sequences,
+            "train_label_counts": label_counts(labels), "chunked_dialogues": stats.chunked_dialogues,
+            "mean_tokens_per_sequence": round(stats.mean_length, 1), "max_tokens_per_sequence": stats.max_length,
+            "mean_tokens_per_example": round(stats.tokens_per_target, 1), "noised_inline_labels": stats.noised_labels}
+    return dataset, weights, info
 
 
 def is_main_process() -> bool:
@@ -183,7 +212,7 @@ def write_split_outputs(run_dir: Path, split: str, corpus: str, records: Sequenc
     if is_main_process():
         run_dir.mkdir(parents=True, exist_ok=True)
         write_predictions(run_dir, records)
-        write_metrics(run_dir, metrics, system=SYSTEM_NAME, corpus=corpus, split=split, command=command_line(),
+        write_metrics(run_dir, metrics, system=SYSTEM_NAME, corpus=run_corpus_name(corpus), split=split, command=command_line(),
                       extra=extra)
     return metrics
 

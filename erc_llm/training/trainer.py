@@ -52,13 +52,24 @@ def label_split(
     rank, world = _world()
     cfg = builder.config
     linked = cfg.needs_rounds and cfg.history_scope == "corpus"
+    packed = cfg.layout == "packed"
     if world == 1:
         mine = list(dialogues)
     elif linked:
         mine = list(dialogues) if rank == 0 else []
     else:
         mine = [d for i, d in enumerate(dialogues) if i % world == rank]
-    labelled = label_dialogues(mine, builder, scorer, batch_size=batch_size, progress=progress and rank == 0)
+    if packed:
+        from erc_llm.labelling.packed import HFPackedScorer, label_dialogues_packed
+
+        packed_scorer = HFPackedScorer(scorer.model, scorer.tokenizer, scorer.labels, scorer.autocast_dtype)
+        if scorer.label_bias:
+            from erc_llm.labelling.run import BiasedScorer
+
+            packed_scorer = BiasedScorer(packed_scorer, scorer.label_bias)
+        labelled = label_dialogues_packed(mine, builder, packed_scorer, progress=progress and rank == 0)
+    else:
+        labelled = label_dialogues(mine, builder, scorer, batch_size=batch_size, progress=progress and rank == 0)
     records = [
         PredictionRecord(
             dialogue_id=item.example.dialogue_id, utterance_index=item.example.index, speaker=item.example.speaker,
@@ -99,7 +110,7 @@ class ERCSFTTrainer(SFTTrainer):
     # ---- data -------------------------------------------------------------------------------------------
     def _set_signature_columns_if_needed(self) -> None:
         if self._signature_columns is None:
-            self._signature_columns = ["input_ids", "labels", "weight", "length"]
+            self._signature_columns = ["input_ids", "labels", "label_weights", "weight", "length"]
 
     # ---- loss -------------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

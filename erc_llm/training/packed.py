@@ -1,0 +1,174 @@
+"""Training sequences of the dialogue-packed layout: one sequence per dialogue (or chunk), a label loss at every line.
+
+Each dialogue is rendered by `erc_llm.prompting.packed.packed_messages` with its labels inline and tokenised with
+the model's chat template. For every line the label's tokens (and the end-of-turn token when `with_end`) are
+targets, each weighted by its gold class's weight; everything else is -100. A dialogue longer than `max_length`
+is cut into chunks of whole lines, each starting with the header again.
+
+Exposure bias. At test time the inline labels are the model's own predictions, in training they are gold. With
+`label_noise = p`, a fraction p of the inline labels *shown* to later lines is replaced by a label drawn from the
+training label distribution (other than gold); the loss at that line still targets the gold label's first token
+(the rest of that answer is not trained, as its tokens are the replacement's).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from datasets import Dataset
+
+from erc_llm.data.schema import Dialogue
+from erc_llm.prompting.answer import LabelTokens
+from erc_llm.prompting.builder import PromptBuilder
+from erc_llm.prompting.history import EmotionHistory
+from erc_llm.prompting.packed import dialogue_start_keys, header_messages, packed_messages, scene_history
+from erc_llm.training.data import IGNORE_INDEX, chat_ids
+
+
+@dataclass
+class PackedStats:
+    """What packing did."""
+
+    dialogues: int
+    sequences: int
+    targets: int  # labelled lines trained
+    chunked_dialogues: int
+    mean_length: float
+    max_length: int
+    noised_labels: int
+
+    @property
+    def tokens_per_target(self) -> float:
+        return self.mean_length * self.sequences / max(1, self.targets)
+
+
+def _answer_positions(tokenizer, messages: list[dict[str, str]], full: list[int]) -> list[int]:
+    """Token offset of each assistant answer in `full` (the prompt ids up to it are a prefix of `full`)."""
+    positions = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prompt = chat_ids(tokenizer, messages[:i], add_generation_prompt=True)
+        if full[: len(prompt)] != prompt:
+            raise ValueError(
+                "the chat template does not render a conversation as a prefix of its continuation; the packed "
+                "layout needs one that does (ChatML, Llama-3 and most instruct templates do)"
+            )
+        positions.append(len(prompt))
+    return positions
+
+
+def tokenise_chunk(
+    tokenizer, messages: list[dict[str, str]], gold: Sequence[str], shown: Sequence[str], answer: LabelTokens,
+    weights: dict[str, float], with_end: bool,
+) -> tuple[list[int], list[int], list[float]]:
+    """(input_ids, labels, label_weights) of one finished chunk; `shown` are the inline labels, `gold` the targets."""
+    full = chat_ids(tokenizer, messages, add_generation_prompt=False)
+    labels = [IGNORE_INDEX] * len(full)
+    label_weights = [0.0] * len(full)
+    for at, target, inline in zip(_answer_positions(tokenizer, messages, full), gold, shown):
+        ids = list(answer.ids[inline])
+        if full[at: at + len(ids)] != ids:
+            raise ValueError(f"label {inline!r} is not tokenised as {ids} inside the packed chat")
+        weight = float(weights.get(target, 1.0))
+        if inline == target:
+            tail = list(answer.end_ids[:1]) if with_end else []
+            for k, token in enumerate(ids + tail):
+                labels[at + k] = token
+                label_weights[at + k] = weight
+        else:  # a noised inline label: train only the gold first token, predicted from the same context
+            labels[at] = answer.ids[target][0]
+            label_weights[at] = weight
+    return full, labels, label_weights
+
+
+def _chunks(lengths: Sequence[int], header: int, max_length: int | None) -> list[tuple[int, int]]:
+    """Whole-line chunks whose estimated length (header + their turns) fits max_length."""
+    if max_length is None:
+        return [(0, len(lengths))]
+    chunks, start, size = [], 0, header
+    for i, n in enumerate(lengths):
+        if size + n > max_length and i > start:
+            chunks.append((start, i))
+            start, size = i, header
+        size += n
+    chunks.append((start, len(lengths)))
+    return chunks
+
+
+def build_packed_train_dataset(
+    dialogues: Sequence[Dialogue], builder: PromptBuilder, tokenizer, answer: LabelTokens,
+    weights: dict[str, float], max_length: int | None, with_end: bool = True, label_noise: float = 0.0,
+    seed: int = 0, history: EmotionHistory | None = None,
+) -> tuple[Dataset, PackedStats]:
+    """A `datasets.Dataset` of packed sequences (input_ids, labels, label_weights, weight, length, targets).
+
+    `history` is a gold-label tracker over the training split (`builder.gold_history`) when history is on.
+    """
+    rng = random.Random(seed)
+    prior = [u.label for d in dialogues for u in d if u.label is not None]
+    starts = dialogue_start_keys(dialogues)
+    rows: dict[str, list] = {"input_ids": [], "labels": [], "label_weights": [], "weight": [], "length": [],
+                             "targets": []}
+    chunked = noised = targets = 0
+    for dialogue in dialogues:
+        if not dialogue.utterances:
+            continue
+        gold = [u.label for u in dialogue.utterances]
+        if any(label is None for label in gold):
+            raise ValueError(f"{dialogue.id}: the packed layout trains on fully labelled dialogues; "
+                             f"line(s) {[i for i, g in enumerate(gold) if g is None]} have no label")
+        shown = list(gold)
+        if label_noise > 0:
+            for i, label in enumerate(gold):
+                if rng.random() < label_noise:
+                    others = [p for p in prior if p != label]
+                    if others:
+                        shown[i] = rng.choice(others)
+                        noised += 1
+        head = header_messages(builder, dialogue, scene_history(builder, dialogue, history, starts[dialogue.id]))
+        whole = packed_messages(builder, dialogue, 0, len(dialogue), shown, None, header=head)
+        ids, labels, label_weights = tokenise_chunk(tokenizer, whole, gold, shown, answer, weights, with_end)
+        pieces = [(ids, labels, label_weights, len(gold))]
+        if max_length is not None and len(ids) > max_length:
+            chunked += 1
+            header_len = len(chat_ids(tokenizer, packed_messages(builder, dialogue, 0, 1, [], None, header=head),
+                                      add_generation_prompt=True))
+            per_line = _line_lengths(tokenizer, builder, dialogue, shown, head)
+            pieces = []
+            for lo, hi in _chunks(per_line, header_len, max_length):
+                messages = packed_messages(builder, dialogue, lo, hi, shown[lo:hi], None, header=head)
+                c_ids, c_labels, c_weights = tokenise_chunk(tokenizer, messages, gold[lo:hi], shown[lo:hi], answer,
+                                                            weights, with_end)
+                if len(c_ids) > max_length:
+                    raise ValueError(f"{dialogue.id}: line(s) {lo + 1}-{hi} do not fit max_length {max_length} "
+                                     f"with the header ({len(c_ids)} tokens); raise max_length")
+                pieces.append((c_ids, c_labels, c_weights, hi - lo))
+        for p_ids, p_labels, p_weights, n in pieces:
+            rows["input_ids"].append(p_ids)
+            rows["labels"].append(p_labels)
+            rows["label_weights"].append(p_weights)
+            rows["weight"].append(1.0)
+            rows["length"].append(len(p_ids))
+            rows["targets"].append(n)
+            targets += n
+    lengths = rows["length"] or [0]
+    stats = PackedStats(dialogues=len(dialogues), sequences=len(rows["input_ids"]), targets=targets,
+                        chunked_dialogues=chunked, mean_length=sum(lengths) / len(lengths), max_length=max(lengths),
+                        noised_labels=noised)
+    return Dataset.from_dict(rows), stats
+
+
+def _line_lengths(tokenizer, builder: PromptBuilder, dialogue: Dialogue, shown: Sequence[str],
+                  head: tuple[str, str]) -> list[int]:
+    """Tokens each line's turn (user line + answer) adds to the packed chat."""
+    previous = 0
+    lengths = []
+    for i in range(len(dialogue)):
+        messages = packed_messages(builder, dialogue, 0, i + 1, shown[: i + 1], None, header=head)
+        n = len(chat_ids(tokenizer, messages, add_generation_prompt=False))
+        lengths.append(n - previous)
+        previous = n
+    return lengths

@@ -1,0 +1,183 @@
+"""The dialogue-packed layout: prefix property, training targets, leak guard, and (real SmolLM2) that packed
+training logits equal single-prefix logits and that cached step-by-step labelling equals stateless labelling."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from erc_llm.data import load_split
+from erc_llm.labelling.packed import HFPackedScorer, label_dialogues_packed
+from erc_llm.prompting import PromptConfig
+from erc_llm.prompting.answer import label_tokens
+from erc_llm.prompting.dataset import build_prompt_builder
+from erc_llm.prompting.packed import packed_messages
+from erc_llm.training.data import IGNORE_INDEX, chat_ids, chat_prompt_ids, class_weights
+from erc_llm.training.packed import build_packed_train_dataset
+
+PACKED = PromptConfig(template="erc_packed.j2", layout="packed", use_history=True, history_window=3)
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from erc_llm.models import resolve_model
+
+    path = resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return model.eval(), AutoTokenizer.from_pretrained(path)
+
+
+@pytest.fixture(scope="module")
+def meld(data_dir):
+    builder = build_prompt_builder(PACKED, "meld", data_dir)
+    return builder, load_split("meld", "train", data_dir).dialogues, load_split("meld", "test", data_dir).dialogues
+
+
+class ConstantScorer:
+    """Always answers one label; remembers every prompt it saw."""
+
+    def __init__(self, answer: str, labels) -> None:
+        self.answer, self.labels, self.seen = answer, tuple(labels), []
+
+    def score(self, prompts):
+        self.seen.extend(prompts)
+        return [{label: float(label == self.answer) for label in self.labels} for _ in prompts]
+
+
+def test_config_refuses_what_packing_cannot_show():
+    with pytest.raises(ValueError, match="packed"):
+        PromptConfig(layout="packed", use_demonstrations=True)
+    with pytest.raises(ValueError, match="packed"):
+        PromptConfig(layout="packed", future_window=1)
+
+
+def test_prompt_of_line_i_is_a_prefix_of_line_i_plus_1(meld, smollm2):
+    builder, train, _ = meld
+    _, tokenizer = smollm2
+    dialogue = max(train[:40], key=len)
+    labels = [u.label for u in dialogue]
+    previous: list[int] = []
+    for i in range(len(dialogue)):
+        ids = chat_prompt_ids(tokenizer, packed_messages(builder, dialogue, 0, i + 1, labels[:i], {}))
+        assert ids[: len(previous)] == previous
+        previous = ids
+
+
+def test_training_targets_are_every_label_with_class_weights(meld, smollm2):
+    builder, train, _ = meld
+    _, tokenizer = smollm2
+    answer = label_tokens(tokenizer, builder.label_set.labels)
+    dialogues = train[:12]
+    weights = class_weights([u.label for d in dialogues for u in d], "inverse")
+    data, stats = build_packed_train_dataset(dialogues, builder, tokenizer, answer, weights, 2048,
+                                             history=builder.gold_history(train))
+    assert stats.sequences == len(dialogues) and stats.targets == sum(len(d) for d in dialogues)
+    for row, dialogue in zip(data, dialogues):
+        targets = [(t, w) for t, w in zip(row["labels"], row["label_weights"]) if t != IGNORE_INDEX]
+        expected = [(tok, weights[u.label]) for u in dialogue for tok in (*answer.ids[u.label], answer.end_ids[0])]
+        assert [t for t, _ in targets] == [t for t, _ in expected]
+        assert [w for _, w in targets] == pytest.approx([w for _, w in expected])
+
+
+def test_noised_inline_labels_still_target_gold(meld, smollm2):
+    builder, train, _ = meld
+    _, tokenizer = smollm2
+    answer = label_tokens(tokenizer, builder.label_set.labels)
+    dialogues = train[:30]
+    data, stats = build_packed_train_dataset(dialogues, builder, tokenizer, answer, {}, 4096, label_noise=0.5,
+                                             seed=1, history=None)
+    assert stats.noised_labels > 0
+    firsts = {answer.ids[label][0]: label for label in answer.labels}
+    for row, dialogue in zip(data, dialogues):
+        gold_firsts = [answer.ids[u.label][0] for u in dialogue]
+        trained_firsts = [t for i, t in enumerate(row["labels"]) if t in firsts and
+                          (i == 0 or row["labels"][i - 1] in (IGNORE_INDEX, answer.end_ids[0]))]
+        assert trained_firsts == gold_firsts
+
+
+def test_chunks_repeat_the_header_and_keep_every_target(meld, smollm2):
+    builder, train, _ = meld
+    _, tokenizer = smollm2
+    answer = label_tokens(tokenizer, builder.label_set.labels)
+    dialogue = max(train, key=len)
+    data, stats = build_packed_train_dataset([dialogue], builder, tokenizer, answer, {}, 400, history=None)
+    assert stats.sequences > 1 and stats.chunked_dialogues == 1 and stats.targets == len(dialogue)
+    assert all(n <= 400 for n in data["length"])
+    assert all("Emotion labels:" in tokenizer.decode(ids) for ids in data["input_ids"])
+
+
+def test_gold_test_labels_never_reach_packed_labelling_prompts(meld):
+    """Test labels replaced by sentinels: no prompt (header history or inline label) may contain one."""
+    builder, _, test = meld
+    marked = [dataclasses.replace(d, utterances=[dataclasses.replace(u, label=f"GOLD{i}")
+                                                 for i, u in enumerate(d.utterances)]) for d in test[:25]]
+    scorer = ConstantScorer("joy", builder.label_set.labels)
+    results = label_dialogues_packed(marked, builder, scorer, progress=False)
+    assert len(results) == sum(len(d) for d in marked)
+    text = "\n".join(m["content"] for prompt in scorer.seen for m in prompt)
+    assert "GOLD" not in text
+    # history from the model's own earlier predictions only: every shown emotion is the constant answer
+    assert "most recent emotions before this scene, oldest first: joy" in text.lower()
+    assert all(m["content"] == "joy" for prompt in scorer.seen for m in prompt if m["role"] == "assistant")
+
+
+def test_resumed_packed_labelling_builds_the_same_prompts(meld):
+    builder, _, test = meld
+    dialogues = test[:6]
+    full = ConstantScorer("anger", builder.label_set.labels)
+    first = label_dialogues_packed(dialogues, builder, full, progress=False)
+    done = {item.example.key: item.pred for item in first[: len(first) // 2]}
+    resumed = ConstantScorer("anger", builder.label_set.labels)
+    rest = label_dialogues_packed(dialogues, builder, resumed, done=done, progress=False)
+    assert {i.example.key for i in rest} == {i.example.key for i in first} - set(done)
+    assert resumed.seen == [i.example.messages for i in first if i.example.key not in done]
+
+
+@pytest.mark.slow
+def test_packed_logits_equal_single_prefix_logits(meld, smollm2):
+    """One forward pass over a packed training sequence gives, at every label position, the logits of the
+    corresponding labelling prompt run alone (fp32, atol 1e-4)."""
+    builder, train, _ = meld
+    model, tokenizer = smollm2
+    dialogue = train[5]
+    labels = [u.label for u in dialogue]
+    history = {}
+    full = chat_ids(tokenizer, packed_messages(builder, dialogue, 0, len(dialogue), labels, history),
+                    add_generation_prompt=False)
+    with torch.no_grad():
+        packed_logits = model(input_ids=torch.tensor([full])).logits[0]
+        for i in range(len(dialogue)):
+            prompt = chat_prompt_ids(tokenizer, packed_messages(builder, dialogue, 0, i + 1, labels[:i], history))
+            assert full[: len(prompt)] == prompt
+            alone = model(input_ids=torch.tensor([prompt])).logits[0, -1]
+            torch.testing.assert_close(packed_logits[len(prompt) - 1], alone, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_cached_step_labelling_equals_stateless_labelling(meld, smollm2):
+    """HFPackedScorer with kept KV caches labels real dialogues exactly like scoring every prompt from scratch."""
+    builder, _, test = meld
+    model, tokenizer = smollm2
+    dialogues = test[:3]
+    cached = HFPackedScorer(model, tokenizer, builder.label_set.labels)
+    with_cache = label_dialogues_packed(dialogues, builder, cached, progress=False)
+    stateless = HFPackedScorer(model, tokenizer, builder.label_set.labels)
+    plain = label_dialogues_packed(dialogues, builder, _Plain(stateless), progress=False)
+    assert [i.pred for i in with_cache] == [i.pred for i in plain]
+    for a, b in zip(with_cache, plain):
+        assert a.scores == pytest.approx(b.scores, abs=1e-4)
+    assert cached.cached_tokens > cached.prompt_tokens  # most of every step came from the kept cache
+
+
+class _Plain:
+    """Hides a packed scorer's stream methods."""
+
+    def __init__(self, scorer) -> None:
+        self.scorer = scorer
+
+    def score(self, prompts):
+        return self.scorer.score(prompts)
