@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections import Counter
 
 import pytest
 
@@ -140,3 +141,90 @@ def test_building_from_evaluation_data_is_refused(corpus, tmp_path):
         with pytest.raises(LeakageError):
             load_or_build_index(tmp_path, corpus["name"], corpus[split], registry, label_set, HASHING)
     assert not any(tmp_path.iterdir()) or all(p.name.startswith(".") for p in tmp_path.iterdir())
+
+
+# ---- training prompts ----------------------------------------------------------------------------------------
+SINGLE_EMOTION = re.compile(r"Emotions: (\w+) 100%\.")
+
+
+def own_line_quoted(bio: str, utt) -> bool:
+    """Whether a biography quotes the target's own line with its gold label, as a profile quotes lines."""
+    return f'"{utt.text}" ({utt.label})' in bio
+
+
+def single_emotion_shortcuts(source, registry, dialogues) -> tuple[int, int]:
+    """(targets whose own profile has a single emotion, of those how many state the target's gold label)."""
+    singles = agree = 0
+    for dialogue in dialogues:
+        for utt in dialogue:
+            bio = source.biography(registry.primary_id(utt), utt, dialogue) or ""
+            match = SINGLE_EMOTION.search(bio)
+            if match and not bio.startswith("Not seen in training"):
+                singles += 1
+                agree += match.group(1) == utt.label
+    return singles, agree
+
+
+def test_training_prompts_do_not_quote_or_count_their_own_line(corpus):
+    """Training prompts (real slice, every source on) never quote the target's own line and gold label in the
+    biography, and its speaker's profile is the one built without the target's fold (so without its line)."""
+    builder, train = corpus["builder"], corpus["train"]
+    retriever = builder.biographies
+    store = retriever.store
+    assert store.header["training_folds"] == HASHING.training_folds == 10 and len(store.folds) == 10
+    by_id = {d.id: d for d in train}
+    lines: dict[str, Counter] = {}  # speaker -> labelled training lines per fold
+    for d in train:
+        for u in d:
+            for speaker_id in builder.registry.speaker_ids(u) if u.label is not None else []:
+                lines.setdefault(speaker_id, Counter())[store.dialogue_folds[d.id]] += 1
+    piece = train[:120]
+    examples = builder.training_examples(piece)
+    assert len(examples) == sum(1 for d in piece for u in d if u.label is not None)
+    n_bios = 0
+    for example in examples:
+        dialogue = by_id[example.dialogue_id]
+        utt = dialogue[example.index]
+        prompt = example.messages[-1]["content"]
+        bio = BIOGRAPHY.search(prompt)
+        if bio is None:
+            continue
+        n_bios += 1
+        assert not own_line_quoted(bio.group(2), utt), (utt.key, bio.group(2))
+        # Demonstrations of training prompts come from other dialogues too.
+        assert all(d.dialogue_id != dialogue.id for d in builder.demonstrations.demonstrations(utt, dialogue, 3))
+        # The speaker's biography is its fold record: no counted or quoted line from the target's dialogue.
+        fold = store.fold_of(dialogue)
+        assert fold is not None and store.dialogue_folds[dialogue.id] == fold
+        record = store.folds[fold].get(builder.registry.primary_id(utt))
+        if record is not None:
+            assert bio.group(2) == record.profile_text
+            assert all(q["dialogue_id"] != dialogue.id for q in record.profile["characteristic"])
+            assert record.n_lines == lines[record.speaker_id].total() - lines[record.speaker_id][fold]
+    assert n_bios > 0.9 * len(examples)
+
+
+def test_single_emotion_profile_shortcut_is_gone(corpus):
+    """Over the whole training split: with full-train biographies (training_folds=0, the old behaviour) every
+    single-emotion profile a training target sees states its own gold label and some quote the target's own line;
+    with fold biographies no target's own line is quoted and single-emotion profiles agree with the gold label
+    no more often than chance would have it (well below always)."""
+    builder, train = corpus["builder"], corpus["train"]
+    label_set = get_corpus(corpus["name"]).label_set
+    registry = builder.registry
+    leaky = BiographyStore.build(train, registry, label_set, corpus["name"], training_folds=0)
+    singles, agree = single_emotion_shortcuts(leaky, registry, train)
+    quoted = sum(own_line_quoted(leaky.biography(registry.primary_id(u), u, d) or "", u) for d in train for u in d)
+    assert singles > 30 and agree == singles and quoted > 200  # the defect the fold biographies remove
+
+    source = builder.biographies
+    quoted = sum(own_line_quoted(source.biography(registry.primary_id(u), u, d) or "", u) for d in train for u in d)
+    singles, agree = single_emotion_shortcuts(source, registry, train)
+    assert quoted == 0
+    assert singles > 0 and agree < 0.75 * singles
+    # Test prompts keep the full-train biographies.
+    for dialogue in corpus["test"][:20]:
+        for utt in dialogue:
+            speaker_id = registry.primary_id(utt)
+            if speaker_id in source.store:
+                assert source.biography(speaker_id, utt, dialogue) == source.store.text(speaker_id)

@@ -24,6 +24,7 @@ from erc_llm.retrieval import (
     RetrievalConfig,
     RetrievalIndex,
     VectorIndex,
+    index_key,
     load_or_build_index,
     speaker_prefix_text,
 )
@@ -133,6 +134,39 @@ def test_llm_biographies_batch_store_prompts_and_fall_back(meld, tmp_path):
     assert reloaded.kind == "llm" and reloaded.records == store.records
     with pytest.raises(LeakageError):
         store.add_llm_biographies(meld["test"], meld["registry"], generator, cfg)
+
+
+def test_fold_biographies_for_training_prompts(meld, tmp_path):
+    """Fold records leave their fold's dialogues out (LLM prompts too), round-trip, and serve training dialogues only."""
+    train, registry = meld["train"], meld["registry"]
+    store = BiographyStore.build(train, registry, MELD_LABELS, "meld", training_folds=4)
+    assert len(store.folds) == 4 and set(store.dialogue_folds) == {d.id for d in train}
+    assert set(store.dialogue_folds.values()) == {0, 1, 2, 3}
+    dialogue = train[0]
+    fold = store.dialogue_folds[dialogue.id]
+    assert store.for_dialogue(dialogue).records is store.folds[fold] and store.fold_of(meld["test"][0]) is None
+    assert store.for_dialogue(meld["test"][0]) is store
+    rest = [d for d in train if store.dialogue_folds[d.id] != fold]
+    assert store.folds[fold] == BiographyStore.build(rest, registry, MELD_LABELS, "meld").records
+    generator = FakeGenerator(silent="nobody")
+    cfg = RetrievalConfig().llm
+    store.add_llm_biographies(train, registry, generator, cfg, generator.name)
+    prompts = [r.llm_prompt for records in [store.records, *store.folds] for r in records.values() if r.llm_prompt]
+    unique = {json.dumps(p) for p in prompts}
+    assert sum(generator.calls) == len(unique) < len(prompts)  # a speaker absent from a fold: one generation
+    monica = store.folds[fold]["monica_geller"]
+    held_out = {u.text for d in train if store.dialogue_folds[d.id] == fold for u in d}
+    shown = re.findall(r'^- "(.*)" \(\w+\)$', monica.llm_prompt[1]["content"], re.MULTILINE)
+    assert shown and not set(shown) & (held_out - {u.text for d in rest for u in d})
+    assert monica.llm_text == "Monica Geller is a person." and store.with_kind("llm").for_dialogue(dialogue).text(
+        "monica_geller") == monica.llm_text
+    reloaded = BiographyStore.load(store.save(tmp_path / "bios.jsonl"))
+    assert reloaded.folds == store.folds and reloaded.dialogue_folds == store.dialogue_folds
+    assert reloaded.records == store.records
+    with pytest.raises(ValueError, match="training_folds"):
+        BiographyStore.build(train, registry, MELD_LABELS, "meld", training_folds=1)
+    assert index_key("meld", "x", HASHING, ["biographies"], "line", "profile") != index_key(
+        "meld", "x", RetrievalConfig(embedding_model="hashing-256", training_folds=5), ["biographies"], "line", "profile")
 
 
 # ---- FAISS --------------------------------------------------------------------------------------------------

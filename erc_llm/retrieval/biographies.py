@@ -7,6 +7,12 @@ further line is one speaker: id, name, line count, profile statistics, `profile_
 biographies `llm_text`, the `llm_prompt` (chat messages) that produced it and `llm_status`. The profile is
 the fallback whenever no LLM text exists. Nothing from dev/test is read: building refuses any dialogue
 whose split is not `train`.
+
+Training prompts must not see their own labels, so a store built with `training_folds=K` also holds K fold
+biographies: the training dialogues are split by `training_fold` (sha256 of the dialogue id mod K; the map is
+in the header as `dialogue_folds`) and fold k's records are built from the other folds only. `biography()`
+serves a training dialogue of the store from its fold's records, anything else from the full-train records.
+Fold records follow the full-train ones in the file, each with a `fold` field.
 """
 
 from __future__ import annotations
@@ -27,9 +33,10 @@ from erc_llm.prompting.builder import LeakageError
 from erc_llm.retrieval.config import LLMBiographyConfig, ProfileConfig
 
 SCHEMA_NAME = "erc_llm.biographies"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: fold biographies for training prompts
 TRAIN_SPLITS = ("train",)
 BIOGRAPHY_KINDS = ("profile", "llm")
+FOLD_RULE = "sha256(dialogue id) mod training_folds"
 
 TextGenerator = Callable[[list[list[dict[str, str]]]], list[str]]
 """Any batch text generator: chat prompts (lists of {role, content}) -> one reply per prompt."""
@@ -57,6 +64,11 @@ def inputs_sha256(dialogues: Sequence[Dialogue], registry: SpeakerRegistry) -> s
             digest.update(json.dumps(row, ensure_ascii=False).encode("utf-8") + b"\n")
     digest.update(json.dumps(registry.to_dict(), sort_keys=True, ensure_ascii=False).encode("utf-8"))
     return digest.hexdigest()
+
+
+def training_fold(dialogue_id: str, folds: int) -> int:
+    """The fold of a training dialogue (`FOLD_RULE`): depends on its id only, not on the other dialogues."""
+    return int(hashlib.sha256(dialogue_id.encode("utf-8")).hexdigest(), 16) % folds
 
 
 def lines_by_speaker(dialogues: Sequence[Dialogue], registry: SpeakerRegistry) -> dict[str, list[Utterance]]:
@@ -176,17 +188,38 @@ class BiographyRecord:
         return self.profile_text
 
 
+def _profile_records(dialogues: Sequence[Dialogue], registry: SpeakerRegistry, label_set: LabelSet,
+                     config: ProfileConfig) -> dict[str, BiographyRecord]:
+    """A profile record for every registry speaker with labelled lines in `dialogues`."""
+    shares = corpus_label_shares(dialogues, label_set)
+    records = {}
+    for speaker_id, utterances in lines_by_speaker(dialogues, registry).items():
+        profile = build_profile(utterances, label_set, shares, config)
+        records[speaker_id] = BiographyRecord(
+            speaker_id=speaker_id, name=registry.name_of(speaker_id), n_lines=profile.n_lines,
+            profile=asdict(profile), profile_text=render_profile(profile, config),
+        )
+    return records
+
+
 @dataclass
 class BiographyStore:
-    """All biographies of one corpus's training split, keyed by registry id; a `BiographySource`."""
+    """All biographies of one corpus's training split, keyed by registry id; a `BiographySource`.
+
+    `folds[k]` holds the records built without the training dialogues of fold k (`dialogue_folds` maps each
+    training dialogue id to its fold); empty when built without `training_folds`.
+    """
 
     header: dict[str, Any]
     records: dict[str, BiographyRecord] = field(default_factory=dict)
     kind: str = "profile"
+    folds: list[dict[str, BiographyRecord]] = field(default_factory=list)
+    dialogue_folds: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.kind not in BIOGRAPHY_KINDS:
             raise ValueError(f"biography kind must be one of {BIOGRAPHY_KINDS}, got {self.kind!r}")
+        self._fold_views: dict[int, BiographyStore] = {}
 
     def __contains__(self, speaker_id: object) -> bool:
         return speaker_id in self.records
@@ -199,13 +232,32 @@ class BiographyStore:
         record = self.records.get(speaker_id)
         return record.text(kind or self.kind) if record is not None else None
 
+    def fold_of(self, dialogue: Dialogue) -> int | None:
+        """The fold of a training dialogue this store was built from; None for any other dialogue."""
+        if dialogue.split not in TRAIN_SPLITS or not self.folds:
+            return None
+        return self.dialogue_folds.get(dialogue.id)
+
+    def for_dialogue(self, dialogue: Dialogue) -> BiographyStore:
+        """The biographies a prompt for `dialogue` may show: for one of the store's training dialogues, those
+        built without its fold (so without its own lines); for any other dialogue, the full-train ones."""
+        fold = self.fold_of(dialogue)
+        if fold is None:
+            return self
+        view = self._fold_views.get(fold)
+        if view is None:
+            view = BiographyStore({**self.header, "fold": fold}, self.folds[fold], self.kind)
+            self._fold_views[fold] = view
+        return view
+
     def biography(self, speaker_id: str, utterance: Utterance, dialogue: Dialogue) -> str | None:
-        """`BiographySource`: the stored biography by global id; None for unseen speakers (see the retriever)."""
-        return self.text(speaker_id)
+        """`BiographySource`: the biography by global id (fold-wise for training dialogues, see `for_dialogue`);
+        None for unseen speakers (see the retriever)."""
+        return self.for_dialogue(dialogue).text(speaker_id)
 
     def with_kind(self, kind: str) -> BiographyStore:
-        """The same records served as another kind."""
-        return BiographyStore(self.header, self.records, kind)
+        """The same records (and fold records) served as another kind."""
+        return BiographyStore(self.header, self.records, kind, self.folds, self.dialogue_folds)
 
     # ---- building -------------------------------------------------------------------------------------
     @classmethod
@@ -216,18 +268,18 @@ class BiographyStore:
         label_set: LabelSet,
         corpus: str,
         profile_config: ProfileConfig | None = None,
+        training_folds: int = 0,
     ) -> BiographyStore:
-        """Deterministic profiles for every registry speaker with labelled lines in the training dialogues."""
+        """Deterministic profiles for every registry speaker with labelled lines in the training dialogues; with
+        `training_folds=K` (0 or >= 2) also the K fold profiles for training prompts (module docstring)."""
         dialogues = require_training_split(dialogues)
+        if training_folds == 1 or training_folds < 0:
+            raise ValueError(f"training_folds must be 0 (off) or >= 2, got {training_folds}")
         cfg = profile_config or ProfileConfig()
-        shares = corpus_label_shares(dialogues, label_set)
-        records = {}
-        for speaker_id, utterances in lines_by_speaker(dialogues, registry).items():
-            profile = build_profile(utterances, label_set, shares, cfg)
-            records[speaker_id] = BiographyRecord(
-                speaker_id=speaker_id, name=registry.name_of(speaker_id), n_lines=profile.n_lines,
-                profile=asdict(profile), profile_text=render_profile(profile, cfg),
-            )
+        records = _profile_records(dialogues, registry, label_set, cfg)
+        dialogue_folds = {d.id: training_fold(d.id, training_folds) for d in dialogues} if training_folds else {}
+        folds = [_profile_records([d for d in dialogues if dialogue_folds[d.id] != k], registry, label_set, cfg)
+                 for k in range(training_folds)]
         header = {
             "schema": SCHEMA_NAME,
             "version": SCHEMA_VERSION,
@@ -240,8 +292,11 @@ class BiographyStore:
             "config": {"profile": asdict(cfg)},
             "inputs_sha256": inputs_sha256(dialogues, registry),
             "generator": None,
+            "training_folds": training_folds,
+            "fold_rule": FOLD_RULE if training_folds else None,
+            "dialogue_folds": dialogue_folds,
         }
-        return cls(header=header, records=records)
+        return cls(header=header, records=records, folds=folds, dialogue_folds=dialogue_folds)
 
     def add_llm_biographies(
         self,
@@ -252,33 +307,44 @@ class BiographyStore:
         generator_name: str = "custom",
         progress: bool = False,
     ) -> BiographyStore:
-        """Ask `generate` (batched) for a biography of each speaker with enough lines; profiles stay the fallback."""
+        """Ask `generate` (batched) for a biography of each speaker with enough lines; profiles stay the fallback.
+
+        Fold records get their own LLM text, written from the lines of the other folds only (the fold's own
+        profile and lines); a prompt shared by several records (a speaker absent from a fold) is generated once.
+        """
         dialogues = require_training_split(dialogues)
         cfg = config or LLMBiographyConfig()
-        by_speaker = lines_by_speaker(dialogues, registry)
-        todo: list[BiographyRecord] = []
-        for speaker_id, record in self.records.items():
-            lines = by_speaker.get(speaker_id, [])
-            if len(lines) < cfg.min_lines:
-                record.llm_text, record.llm_prompt = None, None
-                record.llm_status = f"skipped: {len(lines)} training line(s) < min_lines {cfg.min_lines}"
-                continue
-            record.llm_prompt = llm_biography_prompt(record, lines, cfg)
-            todo.append(record)
-        batches = range(0, len(todo), cfg.batch_size)
+        sources = [(self.records, dialogues)] + [
+            (fold_records, [d for d in dialogues if self.dialogue_folds.get(d.id) != k])
+            for k, fold_records in enumerate(self.folds)
+        ]
+        todo: dict[str, list[BiographyRecord]] = {}  # prompt (JSON) -> every record asking it
+        for records, source in sources:
+            by_speaker = lines_by_speaker(source, registry)
+            for speaker_id, record in records.items():
+                lines = by_speaker.get(speaker_id, [])
+                if len(lines) < cfg.min_lines:
+                    record.llm_text, record.llm_prompt = None, None
+                    record.llm_status = f"skipped: {len(lines)} training line(s) < min_lines {cfg.min_lines}"
+                    continue
+                record.llm_prompt = llm_biography_prompt(record, lines, cfg)
+                todo.setdefault(json.dumps(record.llm_prompt, ensure_ascii=False), []).append(record)
+        prompts = list(todo.values())
+        batches = range(0, len(prompts), cfg.batch_size)
         if progress:
             from tqdm.auto import tqdm
 
             batches = tqdm(batches, desc="LLM biographies", unit="batch")
         for start in batches:
-            batch = todo[start:start + cfg.batch_size]
-            replies = generate([r.llm_prompt for r in batch])  # type: ignore[misc]
+            batch = prompts[start:start + cfg.batch_size]
+            replies = generate([group[0].llm_prompt for group in batch])  # type: ignore[misc]
             if len(replies) != len(batch):
                 raise RuntimeError(f"generator returned {len(replies)} replies for {len(batch)} prompts")
-            for record, reply in zip(batch, replies):
+            for group, reply in zip(batch, replies):
                 text = " ".join(str(reply or "").split())
-                record.llm_text = text or None
-                record.llm_status = "generated" if text else "fallback: empty reply, profile used"
+                for record in group:
+                    record.llm_text = text or None
+                    record.llm_status = "generated" if text else "fallback: empty reply, profile used"
         self.kind = "llm"
         self.header = {**self.header, "kind": "llm", "generator": generator_name,
                        "config": {**self.header["config"], "llm": asdict(cfg)}}
@@ -292,6 +358,10 @@ class BiographyStore:
             handle.write(json.dumps(self.header, ensure_ascii=False, sort_keys=True) + "\n")
             for speaker_id in sorted(self.records):
                 handle.write(json.dumps(asdict(self.records[speaker_id]), ensure_ascii=False, sort_keys=True) + "\n")
+            for fold, fold_records in enumerate(self.folds):
+                for speaker_id in sorted(fold_records):
+                    row = {"fold": fold, **asdict(fold_records[speaker_id])}
+                    handle.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
         return path
 
     @classmethod
@@ -308,14 +378,18 @@ class BiographyStore:
                 f"{path}: not a biography store of schema {SCHEMA_NAME} v{SCHEMA_VERSION} "
                 f"(found {header.get('schema')!r} v{header.get('version')!r}); rebuild it"
             )
-        records = {}
+        records: dict[str, BiographyRecord] = {}
+        folds: list[dict[str, BiographyRecord]] = [{} for _ in range(int(header.get("training_folds") or 0))]
         for lineno, line in enumerate(lines[1:], start=2):
             try:
-                record = BiographyRecord(**json.loads(line))
-            except (TypeError, ValueError) as exc:
+                row = json.loads(line)
+                fold = row.pop("fold", None)
+                record = BiographyRecord(**row)
+                (records if fold is None else folds[fold])[record.speaker_id] = record
+            except (TypeError, ValueError, IndexError, AttributeError) as exc:
                 raise ValueError(f"{path}, line {lineno}: bad biography record: {exc}") from None
-            records[record.speaker_id] = record
-        return cls(header=header, records=records, kind=kind or header.get("kind", "profile"))
+        return cls(header=header, records=records, kind=kind or header.get("kind", "profile"), folds=folds,
+                   dialogue_folds=dict(header.get("dialogue_folds") or {}))
 
 
 def llm_biography_prompt(

@@ -84,6 +84,15 @@ class RetrievalConfig:
     speakers with at least `neighbour_min_lines` training lines are offered as the nearest known profile of
     an unseen speaker. `dedupe_demonstrations` skips retrieved lines whose text (case-insensitive) was
     already shown.
+
+    `training_folds` (K, default 10) keeps training prompts from quoting their own labels: the training
+    dialogues are split into K folds by `sha256(dialogue id) mod K`, and the biography in the prompt of a training
+    target in fold k is built (profile and LLM text alike) from the other K-1 folds only, so it never counts or
+    quotes a line of the target's own dialogue. Dev, test and labelling prompts get the biography built from the
+    whole training split. K=10 keeps 90% of a speaker's lines in each training biography (close to what test
+    prompts see) at 10 extra profile computations, and 10x the LLM biography prompts for `biography_kind: llm`
+    (identical prompts are generated once). 0 turns it off: training prompts then see the full-train biography,
+    own line included (only for inspecting the leak).
     """
 
     embedding_model: str = DEFAULT_EMBEDDING_MODEL
@@ -98,6 +107,7 @@ class RetrievalConfig:
     speaker_vector: str = "mixed"
     neighbour_min_lines: int = 10
     dedupe_demonstrations: bool = True
+    training_folds: int = 10
     profile: ProfileConfig = field(default_factory=ProfileConfig)
     llm: LLMBiographyConfig = field(default_factory=LLMBiographyConfig)
 
@@ -114,6 +124,8 @@ class RetrievalConfig:
             raise ValueError("embedding_batch_size, ivf_nprobe, hnsw_ef_search must be >= 1 and hnsw_m >= 2")
         if self.ivf_nlist < 0 or self.neighbour_min_lines < 1:
             raise ValueError("ivf_nlist must be >= 0 and neighbour_min_lines >= 1")
+        if self.training_folds == 1 or self.training_folds < 0:
+            raise ValueError(f"training_folds must be 0 (off) or >= 2, got {self.training_folds}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (nested configs as dicts)."""

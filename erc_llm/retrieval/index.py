@@ -4,7 +4,8 @@ An index directory holds (all written into a temporary sibling folder, then rena
 
 * `manifest.json` - schema name/version, corpus, source split, settings, input sha256, counts, timings;
 * `speakers.json` - the speaker registry used;
-* `biographies.jsonl` - the biography store (see `erc_llm.retrieval.biographies`);
+* `biographies.jsonl` - the biography store, with the fold biographies training prompts use (see
+  `erc_llm.retrieval.biographies` and `RetrievalConfig.training_folds`);
 * `speakers.faiss` + `speakers.ids.json` - one row per speaker (see `RetrievalConfig.speaker_vector`);
 * `utterances.faiss` + `utterances.rows.json` + `utterances.npy` - one row per labelled training line
   (dialogue id, position, speaker, text, gold label) and its embedding.
@@ -47,7 +48,7 @@ from erc_llm.retrieval.config import RetrievalConfig
 from erc_llm.retrieval.embed import TextEncoder, encode_unique, load_encoder, normalise_rows
 
 INDEX_SCHEMA = "erc_llm.retrieval_index"
-INDEX_SCHEMA_VERSION = 1
+INDEX_SCHEMA_VERSION = 2  # 2: fold biographies for training prompts
 INDEX_DIR_ENV = "ERC_LLM_INDEX_DIR"
 PARTS = ("biographies", "speakers", "utterances")
 MANIFEST = "manifest.json"
@@ -209,7 +210,7 @@ class RetrievalIndex:
 
         if "biographies" in parts:
             started = time.perf_counter()
-            store = BiographyStore.build(dialogues, registry, label_set, corpus, cfg.profile)
+            store = BiographyStore.build(dialogues, registry, label_set, corpus, cfg.profile, cfg.training_folds)
             if biography_kind == "llm":
                 if generator is None:
                     from erc_llm.retrieval.generation import make_biography_generator

@@ -8,6 +8,10 @@
   `neighbour_min_lines` training lines) whose speaker vector is closest to an embedding of what this speaker
   said in the dialogue *up to and including the target line* (their most recent lines, at most
   `PREFIX_CHARS` characters, oldest first); with `"none"`, no biography. The group id (`All`, `Both`) gets none.
+  A target in one of the index's training dialogues gets the fold biographies built without its own dialogue
+  (`BiographyStore.for_dialogue`): its speaker's own, or, when the speaker has no lines outside its fold, the
+  nearest known speaker's fold biography (nearest by the full-train speaker vectors, among speakers with at
+  least `neighbour_min_lines` lines outside the fold). So no training prompt quotes or counts its own line.
 * Demonstrations: the k training lines nearest to the target line (or previous + target line), with their
   gold training labels; lines of the target's own dialogue are never used (at training time this also
   excludes the target itself), and repeated texts are shown once when `dedupe_demonstrations` is on.
@@ -82,10 +86,7 @@ class ContextRetriever:
         self._cache: OrderedDict[tuple, _DialogueVectors] = OrderedDict()
         self._max_cached = max_cached_dialogues
         self._train_rows = {(r["dialogue_id"], r["index"]): i for i, r in enumerate(index.utterance_rows)}
-        records = self.store.records if self.store is not None else {}
-        self._eligible = np.array(
-            [records[s].n_lines >= self.config.neighbour_min_lines if s in records else False
-             for s in index.speaker_ids], dtype=bool)
+        self._eligible_by_fold: dict[int | None, np.ndarray] = {}
 
     # ---- embeddings ------------------------------------------------------------------------------------
     @property
@@ -96,12 +97,24 @@ class ContextRetriever:
                                          self.config.max_seq_length)
         return self._encoder
 
-    def _needs_prefix(self, utt: Utterance) -> bool:
-        """Whether an utterance's speaker has no stored biography (so nearest-speaker lookup may apply)."""
+    def _needs_prefix(self, utt: Utterance, dialogue: Dialogue) -> bool:
+        """Whether an utterance's speaker has no biography its prompt may show (so nearest-speaker lookup applies)."""
         if self.store is None or self.index.speaker_index is None or self.unseen_speaker_biography == "none":
             return False
         speaker_id = self.index.registry.primary_id(utt)
-        return speaker_id != GROUP_ID and speaker_id not in self.store
+        return speaker_id != GROUP_ID and speaker_id not in self.store.for_dialogue(dialogue)
+
+    def _eligible(self, fold: int | None) -> np.ndarray:
+        """Mask over `index.speaker_ids`: speakers offered as nearest known profile with the records of `fold`
+        (None: the full-train records), i.e. with at least `neighbour_min_lines` lines there."""
+        mask = self._eligible_by_fold.get(fold)
+        if mask is None:
+            assert self.store is not None
+            records = self.store.records if fold is None else self.store.folds[fold]
+            mask = np.array([records[s].n_lines >= self.config.neighbour_min_lines if s in records else False
+                             for s in self.index.speaker_ids], dtype=bool)
+            self._eligible_by_fold[fold] = mask
+        return mask
 
     @staticmethod
     def _cache_key(dialogue: Dialogue) -> tuple:
@@ -126,7 +139,7 @@ class ContextRetriever:
                     jobs.append((slot, "demo", utt.index))
                     texts.append(demonstration_text(dialogue, utt.index, self.mode))
             for utt in dialogue.utterances:
-                if self._needs_prefix(utt):
+                if self._needs_prefix(utt, dialogue):
                     jobs.append((slot, "prefix", utt.index))
                     texts.append(speaker_prefix_text(utt, dialogue))
         vectors = encode_unique(self.encoder, texts) if texts else np.zeros((0, 1), np.float32)
@@ -163,30 +176,36 @@ class ContextRetriever:
         return self._cache[key]
 
     # ---- biographies -----------------------------------------------------------------------------------
-    def nearest_speakers(self, vector: np.ndarray, k: int = 1, eligible_only: bool = True) -> list[Neighbour]:
-        """Known speakers closest to a query vector (rows of `index.speaker_ids`)."""
-        if self.index.speaker_index is None:
+    def nearest_speakers(self, vector: np.ndarray, k: int = 1, eligible_only: bool = True,
+                         fold: int | None = None) -> list[Neighbour]:
+        """Known speakers closest to a query vector (rows of `index.speaker_ids`); `eligible_only` keeps those
+        with enough lines in the full-train records, or in those of `fold`."""
+        if self.index.speaker_index is None or (eligible_only and self.store is None):
             return []
+        eligible = self._eligible(fold) if eligible_only else None
         scores, rows = self.index.speaker_index.search(vector, self.index.speaker_index.ntotal)
         found = [Neighbour(int(r), float(s)) for s, r in zip(scores[0], rows[0])
-                 if r >= 0 and (not eligible_only or self._eligible[r])]
+                 if r >= 0 and (eligible is None or eligible[r])]
         return found[:k]
 
     def nearest_known_speaker(self, utterance: Utterance, dialogue: Dialogue) -> tuple[str, float] | None:
-        """(speaker id, similarity) of the closest known profile to what this speaker has said so far."""
+        """(speaker id, similarity) of the closest known profile to what this speaker has said so far (for a
+        training dialogue: closest among the speakers known without its fold)."""
         vectors = self._vectors(dialogue)
         vector = vectors.prefix.get(utterance.index)
         if vector is None:
             vector = self.encoder.encode([speaker_prefix_text(utterance, dialogue)])[0]
             vectors.prefix[utterance.index] = vector
-        best = self.nearest_speakers(vector, 1)
+        fold = self.store.fold_of(dialogue) if self.store is not None else None
+        best = self.nearest_speakers(vector, 1, fold=fold)
         return (self.index.speaker_ids[best[0].row], best[0].score) if best else None
 
     def biography(self, speaker_id: str, utterance: Utterance, dialogue: Dialogue) -> str | None:
         """`BiographySource`: the speaker's own biography, else the nearest known one (or None, see docstring)."""
         if self.store is None:
             return None
-        own = self.store.text(speaker_id)
+        store = self.store.for_dialogue(dialogue)
+        own = store.text(speaker_id)
         if own is not None:
             return own
         if speaker_id == GROUP_ID or self.unseen_speaker_biography == "none" or self.index.speaker_index is None:
@@ -195,8 +214,8 @@ class ContextRetriever:
         if match is None:
             return None
         neighbour_id, _ = match
-        name = self.store.records[neighbour_id].name
-        return f"Not seen in training; speaks most like {name}, whose profile is: {self.store.text(neighbour_id)}"
+        name = store.records[neighbour_id].name
+        return f"Not seen in training; speaks most like {name}, whose profile is: {store.text(neighbour_id)}"
 
     # ---- demonstrations --------------------------------------------------------------------------------
     def nearest_lines(self, queries: np.ndarray, k: int, exclude_dialogues: Sequence[str | None] | None = None,
