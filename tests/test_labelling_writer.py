@@ -37,11 +37,15 @@ def test_resume_with_other_settings_is_an_error(tmp_path):
         ResumableWriter(tmp_path, {"model": "m", "adapter": "a2"})
 
 
-def test_label_config_validation():
+def test_label_config_validation(tmp_path):
+    from erc_llm.labelling.run import resolve_label_input
+
     with pytest.raises(ValueError, match="backend"):
         LabelConfig(backend="tgi")
     with pytest.raises(ValueError, match="endpoint"):
         LabelConfig(backend="endpoint")
-    with pytest.raises(ValueError, match="labels"):
-        LabelConfig(corpus="mine.jsonl")
+    mine = tmp_path / "mine.jsonl"  # no --labels, no adapter, nothing declared: which labels is unknowable
+    mine.write_text('{"dialogue_id": "a", "utterances": [{"speaker": "A", "text": "hi"}]}\n')
+    with pytest.raises(ValueError, match="no label set"):
+        resolve_label_input(LabelConfig(corpus=str(mine)))
     assert LabelConfig(engine_args='{"max_model_len": 512}').engine_args == {"max_model_len": 512}

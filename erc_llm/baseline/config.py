@@ -41,7 +41,10 @@ class BaselineDataConfig:
     paths in `Utterance.media` (`*_source: media`) into a cached store.
     """
 
-    corpus: str = field(default="meld", metadata={"help": "Corpus name (meld, emorynlp, emorynlp-csv) or a .jsonl path."})
+    corpus: str = field(
+        default="meld",
+        metadata={"help": "Corpus name (meld, emorynlp, emorynlp-csv), a .csv/.jsonl file or a folder of split files."},
+    )
     data_dir: str | None = field(
         default=None, metadata={"help": "Corpus folder; default $ERC_LLM_DATA_DIR or ~/.cache/erc_llm/data."}
     )

@@ -26,7 +26,8 @@ from erc_llm.baseline.extractors import (
 from erc_llm.baseline.features import FeatureStore
 from erc_llm.baseline.losses import IGNORE_INDEX
 from erc_llm.baseline.text import ContextWindowBuilder, TextWindow
-from erc_llm.data import UNKNOWN_ID, LabelSet, LoadedSplit, SpeakerRegistry, Utterance, get_corpus, load_split
+from erc_llm.data import UNKNOWN_ID, LabelSet, LoadedSplit, SpeakerRegistry, Utterance
+from erc_llm.data.sources import DataSourceError, resolve_source, run_corpus_name
 
 logger = logging.getLogger(__name__)
 
@@ -86,20 +87,20 @@ class BaselineData:
         return self.splits["train"].label_ids
 
 
-def _load_role_split(config: BaselineDataConfig, role: str) -> LoadedSplit | None:
-    """The dialogues of the train, eval or test role (sliced as configured)."""
+def _load_role_split(config: BaselineDataConfig, role: str, label_set: LabelSet | None = None) -> LoadedSplit | None:
+    """The dialogues of the train, eval or test role (sliced as configured), from the corpus, file or folder
+    `config.corpus` names (`erc_llm.data.sources`) or the role's own `eval_file` / `test_file`."""
     split = {"train": config.train_split, "eval": config.eval_split, "test": config.test_split}[role]
     if split is None:
         return None
-    if config.corpus.endswith(".jsonl"):
-        source = {"train": config.corpus, "eval": config.eval_file, "test": config.test_file}[role]
-        if source is None:
-            if role == "test":
-                return None
-            raise BaselineConfigError(f"a JSONL corpus needs {role}_file for the {role} split")
-        loaded = load_split(source, split)
-    else:
-        loaded = load_split(config.corpus, split, config.data_dir)
+    own_file = {"eval": config.eval_file, "test": config.test_file}.get(role)
+    source = resolve_source(own_file or config.corpus, data_dir=config.data_dir)
+    if not (own_file or role == "train" or source.has_split(split)):
+        if role == "test":
+            return None
+        raise BaselineConfigError(f"{config.corpus} has no {split!r} split for {role}: set {role}_file, or give a "
+                                  "folder of split files (train/dev/test)")
+    loaded = source.load(split, label_set=label_set)
     limit = config.max_train_dialogues if role == "train" else config.max_eval_dialogues
     if limit is not None:
         loaded.dialogues = loaded.dialogues[:limit]
@@ -107,13 +108,11 @@ def _load_role_split(config: BaselineDataConfig, role: str) -> LoadedSplit | Non
 
 
 def corpus_label_set(config: BaselineDataConfig, train: LoadedSplit) -> LabelSet:
-    """The corpus's label set, or for a JSONL corpus the sorted labels seen in training."""
-    if config.corpus.endswith(".jsonl"):
-        labels = sorted({u.label for u in train.utterances() if u.label is not None})
-        if not labels:
-            raise BaselineConfigError(f"{config.corpus}: no labelled utterances to train on")
-        return LabelSet.from_labels(Path(config.corpus).stem, labels)
-    return get_corpus(config.corpus).label_set
+    """The label set the corpus or data declares, else the one the training labels fit."""
+    try:
+        return resolve_source(config.corpus, data_dir=config.data_dir).label_set_for(train)
+    except DataSourceError as exc:
+        raise BaselineConfigError(str(exc)) from None
 
 
 def build_speaker_vocab(registry: SpeakerRegistry, train_utterances: Sequence[Utterance], min_count: int) -> list[str]:
@@ -135,9 +134,9 @@ def load_text_encoder(name: str):
 
 def prepare_data(data_config: BaselineDataConfig, model_config: BaselineModelConfig) -> BaselineData:
     """Load the splits and turn them into model inputs (extracting or reading cached features as configured)."""
-    loaded = {role: _load_role_split(data_config, role) for role in ROLES}
-    train = loaded["train"]
+    train = _load_role_split(data_config, "train")
     label_set = corpus_label_set(data_config, train)
+    loaded = {"train": train, **{role: _load_role_split(data_config, role, label_set) for role in ROLES[1:]}}
     cache_dir = Path(data_config.feature_cache_dir or default_feature_cache_dir())
 
     tokenizer, encoder_model, encoder_dir = load_text_encoder(model_config.text_encoder)
@@ -219,7 +218,7 @@ def prepare_data(data_config: BaselineDataConfig, model_config: BaselineModelCon
         splits[role] = inputs
 
     return BaselineData(
-        corpus=data_config.corpus, label_set=label_set, splits=splits, input_dims=input_dims,
+        corpus=run_corpus_name(data_config.corpus, data_config.data_dir), label_set=label_set, splits=splits, input_dims=input_dims,
         speaker_vocab=speaker_vocab, tokenizer=tokenizer,
         text_encoder=None if model_config.freeze_text_encoder else encoder_model, text_encoder_dir=encoder_dir,
     )

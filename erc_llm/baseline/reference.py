@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from erc_llm.baseline.config import DEFAULT_TEXT_ENCODER
-from erc_llm.data import get_corpus, load_split
+from erc_llm.data.sources import resolve_source
 from erc_llm.evaluation import compute_metrics, read_metrics
 
 
@@ -30,9 +30,12 @@ def utterance_logreg_reference(
     from erc_llm.models import resolve_model
 
     started = time.perf_counter()
-    labels = list(get_corpus(corpus).label_set.labels)
+    source = resolve_source(corpus, data_dir=data_dir)
+    train = source.load("train")
+    label_set = source.label_set_for(train)
+    labels = list(label_set.labels)
     model = SentenceTransformer(resolve_model(encoder), device="cpu")
-    splits = {name: list(load_split(corpus, name, data_dir).utterances()) for name in ("train", "dev", "test")}
+    splits = {name: list(source.load(name, label_set=label_set).utterances()) for name in ("train", "dev", "test")}
     embeddings = {
         name: model.encode([u.text for u in utterances], batch_size=128, convert_to_numpy=True)
         for name, utterances in splits.items()

@@ -72,6 +72,11 @@ class DataSource:
     data_dir: str | None = None
 
     @property
+    def run_name(self) -> str:
+        """The corpus name run folders record (metrics.json `corpus`): the known corpus name, else `name`."""
+        return self.corpus or self.name
+
+    @property
     def splits(self) -> list[str]:
         """Splits this source names (a single undeclared-split file: 'custom')."""
         if self.single is not None and not self.files:
@@ -421,3 +426,11 @@ def resolve_source(
     if split is not None:
         source.split_source(split)
     return source
+
+
+def run_corpus_name(spec: str, data_dir: str | os.PathLike | None = None) -> str:
+    """The corpus name a run on `spec` records, so that runs on one corpus named differently compare."""
+    try:
+        return resolve_source(spec, data_dir=data_dir).run_name
+    except (DataSourceError, DataFormatError):
+        return spec

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from erc_llm.data.sources import resolve_labels
 from erc_llm.evaluation.metrics import METRIC_NAMES, bootstrap_ci, compute_metrics, paired_bootstrap
 from erc_llm.evaluation.rundir import PredictionRecord, RunFormatError, read_metrics, read_predictions
 from erc_llm.io import atomic_write_bytes, atomic_write_text
@@ -603,8 +604,8 @@ def compare_runs(
 
 def _run_compare_command(args: argparse.Namespace) -> int:
     """Handle ``erc-llm compare``: write the report, print its path, return an exit status."""
-    labels = [label.strip() for label in args.labels.split(",") if label.strip()] if args.labels else None
     try:
+        labels = list(resolve_labels(args.labels).labels) if args.labels else None  # a name, a,b,c or a file
         report_path = compare_runs(
             args.run_dirs,
             args.out,
@@ -650,7 +651,7 @@ def register_cli(subparsers: Any) -> argparse.ArgumentParser:
         "(default: labels seen in the predictions)",
     )
     label_choice.add_argument(
-        "--labels", default=None, metavar="A,B,...", help="comma-separated label list, in report order"
+        "--labels", default=None, metavar="A,B,...", help="label list in report order: a,b,c, a known set (meld, emorynlp, iemocap) or a file"
     )
     parser.add_argument(
         "--bootstrap",

@@ -60,6 +60,7 @@ class PredictionRecord:
     gold: str | None = None
     utterance_id: str | None = None
     scores: dict[str, float] | None = None
+    meta: dict[str, Any] | None = None  # the input utterance's extra fields/columns (Utterance.meta), if any
 
     @property
     def key(self) -> tuple[str, int]:
@@ -77,6 +78,7 @@ class PredictionRecord:
             "gold": self.gold,
             "pred": self.pred,
             "scores": None if self.scores is None else dict(self.scores),
+            **({"meta": dict(self.meta)} if self.meta else {}),
         }
 
     @classmethod
@@ -114,7 +116,17 @@ class PredictionRecord:
             gold=data.get("gold"),
             utterance_id=data.get("utterance_id"),
             scores=_parse_scores(data.get("scores")),
+            meta=_parse_meta(data.get("meta")),
         )
+
+
+def _parse_meta(raw_meta: Any) -> dict[str, Any] | None:
+    """The optional ``meta`` object (or null)."""
+    if raw_meta is None:
+        return None
+    if not isinstance(raw_meta, Mapping):
+        raise TypeError(f"field 'meta' must be an object or null, got {raw_meta!r}")
+    return dict(raw_meta)
 
 
 def _parse_scores(raw_scores: Any) -> dict[str, float] | None:

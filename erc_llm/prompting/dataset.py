@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from erc_llm.data.corpora import get_corpus, load_split
+from erc_llm.data.corpora import load_split
 from erc_llm.data.labels import LabelSet
 from erc_llm.data.schema import Dialogue
 from erc_llm.data.speakers import SpeakerRegistry
@@ -19,11 +19,11 @@ from erc_llm.retrieval.config import RetrievalConfig
 
 
 def corpus_label_set(corpus: str, train: Sequence[Dialogue]) -> LabelSet:
-    """A known corpus's label set; for a JSONL file, the labels found in its training dialogues (sorted)."""
-    if corpus.endswith(".jsonl"):
-        seen = sorted({u.label for d in train for u in d if u.label})
-        return LabelSet(name=Path(corpus).stem, labels=tuple(seen))
-    return get_corpus(corpus).label_set
+    """The label set a data source declares (a corpus's own, labels.txt/.json, a JSONL `{"labels": [...]}` line),
+    else the one its training labels fit (`erc_llm.data.sources.DataSource.label_set_for`)."""
+    from erc_llm.data.sources import resolve_source
+
+    return resolve_source(corpus).label_set_for(train)
 
 
 def retrieval_parts(config: PromptConfig) -> list[str]:
@@ -49,6 +49,7 @@ def build_prompt_builder(
     generator: TextGenerator | None = None,
     rebuild: bool = False,
     progress: bool = False,
+    label_set: LabelSet | None = None,
 ) -> PromptBuilder:
     """A ready `PromptBuilder` for `corpus` (a known corpus name or a JSONL path with a train split).
 
@@ -59,10 +60,11 @@ def build_prompt_builder(
     data hash and every setting that changes their contents, so repeated runs reuse them (`rebuild=True`
     forces a new build). `retrieval` sets the embedding model and index type (default: all-MiniLM-L6-v2,
     exact flat index); `generator` writes LLM biographies when `config.biography_kind == "llm"` (default:
-    SmolLM2-135M-Instruct through transformers). Nothing from dev/test is read.
+    SmolLM2-135M-Instruct through transformers). Nothing from dev/test is read. `label_set` (default: the
+    corpus's, see `corpus_label_set`) is the set the prompts list and the training labels are checked against.
     """
-    train = load_split(corpus, "train", data_dir).dialogues
-    label_set = corpus_label_set(corpus, train)
+    train = load_split(corpus, "train", data_dir, label_set=label_set).dialogues
+    label_set = label_set or corpus_label_set(corpus, train)
     registry = registry if registry is not None else SpeakerRegistry.build([train])
     parts = retrieval_parts(config)
     if not parts:
