@@ -128,10 +128,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
         found.update(u.label for u in loaded.utterances() if u.label is not None)
     if source.label_set is not None:
         print(f"labels: {source.label_set.name} {list(source.label_set.labels)} (from {source.label_origin})")
+    elif not found:
+        print("labels: none in the data (unlabelled dialogues can be labelled with `erc-llm label`)")
     else:
-        listing = ", ".join(f"{label} ({n})" for label, n in found.most_common()) or "none"
-        fits = infer_label_set(found, source.name, source.default_set()) if found else None
-        known = f" (all in the known set {fits.name!r})" if fits is not None and fits.name in LABEL_SETS else ""
+        listing = ", ".join(f"{label} ({n})" for label, n in found.most_common())
+        fits = infer_label_set(found, source.name, source.default_set())
+        known = f" (all in the known set {fits.name!r})" if fits.name in LABEL_SETS else ""
         print(f"labels: none declared, so none was checked; found {len(found)}{known}: {listing}. To check them, "
               f"{DECLARE_HINT}")
     return 1 if problems else 0

@@ -13,8 +13,17 @@ class DataFormatError(ValueError):
         self.path = str(path)
         self.row = row
         self.reason = message
-        where = f"{self.path}" if row is None else f"{self.path}, row {row}"
-        super().__init__(f"{where}: {message}")
+        super().__init__(f"{location(self.path, row)}: {message}")
+
+
+def location(path: str | Path, row: int | str | None) -> str:
+    """'file, row 17 (line 18)', 'file, line 3' (JSONL), 'file, header' or just 'file'."""
+    if row is None:
+        return str(path)
+    text = str(row)
+    if text.startswith(("line", "header", "episodes")):
+        return f"{path}, {text}"
+    return f"{path}, row {text}"
 
 
 @dataclass(frozen=True)
@@ -26,4 +35,4 @@ class SkippedRow:
     reason: str
 
     def __str__(self) -> str:
-        return f"{self.path}, row {self.row}: {self.reason}"
+        return f"{location(self.path, self.row)}: {self.reason}"
