@@ -91,6 +91,8 @@ def test_table_reports_deltas_against_the_reference_including_rows_that_hurt(tmp
     table = render_table(spec, results, "erc-llm ablate --spec x")
     assert "| +history | context(2) + history |" in table and "reference" in table
     assert f"{100 * by_row['+history']['delta_vs_reference']['delta']:+.1f} [" in table
+    assert "95% CI, dialogue bootstrap, 200 resamples" in table
+    assert by_row["+history"]["delta_vs_reference"]["common_dialogues"] == 10  # fake_row: 4 lines a dialogue
 
 
 @pytest.mark.slow

@@ -74,6 +74,7 @@ def test_compare_writes_report_and_figures(tmp_path: Path) -> None:
         assert reference in report
     assert "TUCORE-GCN" not in report  # EmoryNLP-only reference must not appear for MELD
     assert "95% CI" in report and "Δ weighted-F1" in report
+    assert "95% CI, dialogue bootstrap, 200 resamples" in report and "Paired dialogue bootstrap" in report
     assert "## Disagreements" in report and "## Per-class F1" in report
     assert "\\| with a pipe" in report  # utterance text cannot break the markdown table
 

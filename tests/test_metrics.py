@@ -24,7 +24,7 @@ from erc_llm.evaluation import (
     write_metrics,
     write_predictions,
 )
-from erc_llm.evaluation.metrics import iter_resample_indices
+from erc_llm.evaluation.bootstrap import iter_resample_indices
 from erc_llm.io import atomic_open, atomic_write_json, atomic_write_text
 
 MELD_LABELS = ["neutral", "joy", "surprise", "anger", "sadness", "disgust", "fear"]
@@ -139,7 +139,7 @@ def test_resampling_is_reproducible_and_chunked(monkeypatch: pytest.MonkeyPatch)
     second = bootstrap_metric_samples(gold, pred, MELD_LABELS, n_resamples=50, seed=11)
     np.testing.assert_array_equal(first, second)
 
-    monkeypatch.setattr("erc_llm.evaluation.metrics._MAX_INDICES_PER_CHUNK", 700)  # 7 resamples per chunk
+    monkeypatch.setattr("erc_llm.evaluation.bootstrap._MAX_INDICES_PER_CHUNK", 700)  # 7 resamples per chunk
     chunks = list(iter_resample_indices(100, 50, seed=11))
     assert [chunk.shape for chunk in chunks] == [(7, 100)] * 7 + [(1, 100)]
     chunked = bootstrap_metric_samples(gold, pred, MELD_LABELS, n_resamples=50, seed=11)

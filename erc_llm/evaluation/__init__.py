@@ -1,13 +1,8 @@
 """Shared evaluation layer: metrics, bootstrap statistics, run directories and system comparison."""
 
+from erc_llm.evaluation.bootstrap import bootstrap_ci, bootstrap_metric_samples, ci_description, paired_bootstrap
 from erc_llm.evaluation.compare import REFERENCE_RESULTS, ReferenceResult, compare_runs, register_cli
-from erc_llm.evaluation.metrics import (
-    METRIC_NAMES,
-    bootstrap_ci,
-    bootstrap_metric_samples,
-    compute_metrics,
-    paired_bootstrap,
-)
+from erc_llm.evaluation.metrics import METRIC_NAMES, compute_metrics
 from erc_llm.evaluation.rundir import (
     METRICS_FILENAME,
     METRICS_SCHEMA,
@@ -32,6 +27,7 @@ __all__ = [
     "RunFormatError",
     "bootstrap_ci",
     "bootstrap_metric_samples",
+    "ci_description",
     "compare_runs",
     "compute_metrics",
     "evaluate_run",

@@ -5,7 +5,7 @@ A spec is a YAML file (see `recipes/smollm2-135m/ablation/`)::
     base_config: recipes/smollm2-135m/sft/context_weighted.yaml   # an SFT recipe, relative to the repo
     output_dir: runs/ablation/meld
     parallel: 2                 # runs at once; each gets cpu_count // parallel threads
-    reference: context          # the row every other row is compared with (paired bootstrap)
+    reference: context          # the row every other row is compared with (paired dialogue bootstrap)
     common: {train_subsample: 400, test_subsample: 500}            # overrides for every row
     rows:
       context: {}
@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from erc_llm.evaluation.metrics import paired_bootstrap
+from erc_llm.evaluation.bootstrap import ci_description, paired_bootstrap
 from erc_llm.evaluation.rundir import read_metrics, read_predictions
 from erc_llm.io import atomic_write_json, atomic_write_text
 
@@ -237,7 +237,7 @@ def _row_config(run_dir: Path) -> dict[str, Any]:
 def collect_results(spec: AblationSpec, rows: Sequence[str] | None = None,
                     n_resamples: int = 1000) -> list[dict[str, Any]]:
     """One result dict per row (default: all; the reference must be among them): its metrics, run summary, and
-    the paired bootstrap delta vs the reference row on the utterances every listed row labelled."""
+    the paired dialogue-bootstrap delta vs the reference row on the utterances every listed row labelled."""
     rows = list(rows or spec.rows)
     if spec.reference not in rows:
         raise AblationSpecError(f"{spec.path}: the reference row {spec.reference!r} has no finished run")
@@ -247,6 +247,7 @@ def collect_results(spec: AblationSpec, rows: Sequence[str] | None = None,
         raise AblationSpecError(f"{spec.path}: the rows' test predictions share no utterance")
     reference = preds[spec.reference]
     gold = [reference[k].gold for k in common_keys]
+    groups = [k[0] for k in common_keys]  # dialogue ids: whole dialogues are resampled
     if any(g is None for g in gold):
         raise AblationSpecError(f"{spec.output_dir / spec.reference}: predictions lack gold labels")
     results = []
@@ -257,7 +258,7 @@ def collect_results(spec: AblationSpec, rows: Sequence[str] | None = None,
         config = _row_config(run_dir)
         labels = list(metrics["labels"])
         delta = paired_bootstrap(gold, [reference[k].pred for k in common_keys], [preds[row][k].pred for k in common_keys],
-                                 labels, "weighted_f1", n_resamples=n_resamples, seed=0)
+                                 labels, "weighted_f1", n_resamples=n_resamples, seed=0, groups=groups)
         results.append({
             "row": row, "overrides": spec.rows[row], "sources": _sources(config),
             "class_weighting": config.get("class_weighting", "none"),
@@ -269,7 +270,8 @@ def collect_results(spec: AblationSpec, rows: Sequence[str] | None = None,
             "mean_tokens_per_example": summary.get("mean_tokens_per_example"),
             "train_minutes": round(summary.get("train_seconds", 0.0) / 60, 1),
             "total_minutes": round(summary.get("total_seconds", 0.0) / 60, 1),
-            "delta_vs_reference": {"common_utterances": len(common_keys), **delta},
+            "delta_vs_reference": {"common_utterances": len(common_keys), "common_dialogues": len(set(groups)),
+                                   "interval": ci_description(n_resamples), **delta},
         })
     return results
 
@@ -277,6 +279,12 @@ def collect_results(spec: AblationSpec, rows: Sequence[str] | None = None,
 def _pct(value: float | None) -> str:
     """A [0, 1] score as a percentage with one decimal ('–' when missing)."""
     return "–" if value is None else f"{100 * value:.1f}"
+
+
+def _interval_wording(results: Sequence[dict[str, Any]]) -> str:
+    """How the table's intervals were computed, as recorded in the results ('95% CI, dialogue bootstrap, ...')."""
+    recorded = {r["delta_vs_reference"].get("interval") for r in results} - {None}
+    return " / ".join(sorted(recorded)) if recorded else "95% CI (paired bootstrap)"
 
 
 def render_table(spec: AblationSpec, results: Sequence[dict[str, Any]], command: str) -> str:
@@ -287,9 +295,10 @@ def render_table(spec: AblationSpec, results: Sequence[dict[str, Any]], command:
         lines += [spec.description, ""]
     lines += [
         f"Base recipe `{spec.base_config.relative_to(REPO) if spec.base_config.is_relative_to(REPO) else spec.base_config}`"
-        f" with {json.dumps(spec.common)}; each row adds its own overrides. Test W-F1 deltas are paired bootstrap "
-        f"(1,000 resamples of the utterances both rows labelled) against `{spec.reference}`; a negative delta is a "
-        "row that hurt.",
+        f" with {json.dumps(spec.common)}; each row adds its own overrides. Test W-F1 deltas against "
+        f"`{spec.reference}` are paired, on the utterances both rows labelled, with their "
+        f"{_interval_wording(results)} (whole dialogues resampled: predictions within a dialogue are correlated); "
+        "a negative delta is a row that hurt.",
         "",
         "| row | prompt sources | class weighting | train ex | prompt tokens | dev W-F1 | **test W-F1** "
         "| Δ vs reference [95% CI] | test W-F1 without dev-fitted bias | macro-F1 | acc | train min |",

@@ -1,8 +1,9 @@
 """Side-by-side comparison of run directories: ``erc-llm compare RUN_DIR [RUN_DIR ...] --out DIR``.
 
 Every run is re-scored from its ``predictions.jsonl`` on the utterances all runs share, so the numbers in the
-report are computed the same way for every system. The report holds overall scores with bootstrap 95%
-intervals, paired bootstrap differences against the first run, per-class F1, row-normalised confusion
+report are computed the same way for every system. The report holds overall scores with 95% intervals and
+paired differences against the first run, both from a bootstrap over whole dialogues (predictions within a
+dialogue are correlated; `erc_llm.evaluation.bootstrap`), per-class F1, row-normalised confusion
 matrices, examples where the systems disagree, and - kept apart and clearly labelled - weighted-F1 numbers
 that published papers report for the same corpus and split.
 """
@@ -23,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from erc_llm.data.sources import resolve_labels
-from erc_llm.evaluation.metrics import METRIC_NAMES, bootstrap_ci, compute_metrics, paired_bootstrap
+from erc_llm.evaluation.bootstrap import bootstrap_ci, ci_description, paired_bootstrap
+from erc_llm.evaluation.metrics import METRIC_NAMES, compute_metrics
 from erc_llm.evaluation.rundir import PredictionRecord, RunFormatError, read_metrics, read_predictions
 from erc_llm.io import atomic_write_bytes, atomic_write_text
 
@@ -472,6 +474,7 @@ def compare_runs(
 
     names = _display_names(runs)
     gold = [first.records[key].gold for key in scored_keys]
+    groups = [key[0] for key in scored_keys]  # dialogue ids: the bootstrap resamples whole dialogues
     predictions = [[run.records[key].pred for key in scored_keys] for run in runs]
     metrics = [compute_metrics(gold, system_predictions, label_list) for system_predictions in predictions]
 
@@ -487,7 +490,8 @@ def compare_runs(
         f"- Labels: {', '.join(label_list)} ({len(label_list)}; {label_source})",
         "- Scores are in percent, recomputed from each run's predictions.jsonl on the same utterances.",
         (
-            f"- Intervals: percentile bootstrap over utterances, {n_resamples} resamples, seed {seed}, 95%."
+            f"- Intervals: {ci_description(n_resamples)} (percentile; each resample draws {len(set(groups))} "
+            f"dialogues with replacement and scores all their utterances), seed {seed}."
             if n_resamples
             else "- Bootstrap intervals are turned off (--bootstrap 0)."
         ),
@@ -501,7 +505,8 @@ def compare_runs(
         for metric in METRIC_NAMES:
             value = _percent(system_metrics[metric])
             if n_resamples:
-                interval = bootstrap_ci(gold, system_predictions, label_list, metric, n_resamples, seed)
+                interval = bootstrap_ci(gold, system_predictions, label_list, metric, n_resamples, seed,
+                                        groups=groups)
                 value += f" [{_percent(interval['low'])}, {_percent(interval['high'])}]"
             cells.append(value)
         rows.append(cells)
@@ -520,7 +525,8 @@ def compare_runs(
         if n_resamples:
             lines += [
                 (
-                    "Paired bootstrap: each resample scores both systems on the same utterances. Δ = system − "
+                    "Paired dialogue bootstrap: each resample scores both systems on the same resampled dialogues. "
+                    "Δ = system − "
                     f"{_markdown_cell(names[0])}; p is one-sided, the share of resamples with Δ ≤ 0."
                 ),
                 "",
@@ -528,7 +534,8 @@ def compare_runs(
             rows = []
             for name, system_predictions in zip(names[1:], predictions[1:]):
                 paired = paired_bootstrap(
-                    gold, predictions[0], system_predictions, label_list, "weighted_f1", n_resamples, seed
+                    gold, predictions[0], system_predictions, label_list, "weighted_f1", n_resamples, seed,
+                    groups=groups,
                 )
                 rows.append(
                     [
@@ -538,7 +545,8 @@ def compare_runs(
                         f"{paired['p_value']:.3f}",
                     ]
                 )
-            lines += [_markdown_table(["system", "Δ weighted-F1", "95% CI", "p (Δ ≤ 0)"], rows, "lrrr"), ""]
+            lines += [_markdown_table(["system", "Δ weighted-F1", "95% CI (dialogue bootstrap)", "p (Δ ≤ 0)"], rows,
+                                      "lrrr"), ""]
         else:
             rows = [
                 [_markdown_cell(name), f"{100.0 * (m['weighted_f1'] - metrics[0]['weighted_f1']):+.2f}"]
