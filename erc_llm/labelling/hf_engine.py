@@ -15,7 +15,7 @@ class HFEngine:
     """`score` via `HFLabelScorer`; `generate` via `model.generate` (greedy by default)."""
 
     def __init__(self, model: str, labels: Sequence[str], adapter: str | None = None, batch_size: int = 16,
-                 dtype: str = "float32") -> None:
+                 dtype: str = "float32", device: str = "cpu") -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -30,21 +30,36 @@ class HFEngine:
             from peft import PeftModel
 
             self.model = PeftModel.from_pretrained(self.model, adapter).merge_and_unload()
-        self.model.eval()
+        self.model.to(device).eval()
         self.scorer = HFLabelScorer(self.model, self.tokenizer, self.labels, batch_size=batch_size)
 
     def score(self, prompts: Sequence[Messages]) -> list[dict[str, float]]:
         """Per-label probabilities."""
         return self.scorer.score(prompts)
 
+    def score_streams(self, items: Sequence[tuple[str, Messages]]) -> list[dict[str, float]]:
+        """Packed layout: per-label probabilities with one kept KV cache per dialogue (`HFPackedScorer`)."""
+        if getattr(self, "_packed", None) is None:
+            from erc_llm.labelling.packed import HFPackedScorer
+
+            self._packed = HFPackedScorer(self.model, self.tokenizer, self.labels)
+        return self._packed.score_streams(items)
+
+    def end_streams(self, streams: Sequence[str]) -> None:
+        """Free finished dialogues' caches."""
+        if getattr(self, "_packed", None) is not None:
+            self._packed.end_streams(streams)
+
     def generate(self, prompts: Sequence[Messages], max_tokens: int = 256, temperature: float = 0.0) -> list[str]:
         """Free-text replies, one prompt at a time (biographies are few)."""
         import torch
 
+        from erc_llm.prompting.templates import apply_chat_template
+
         replies = []
         for messages in prompts:
-            ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                                     return_dict=True)
+            ids = apply_chat_template(self.tokenizer, messages, add_generation_prompt=True, return_tensors="pt",
+                                      return_dict=True).to(self.model.device)
             with torch.inference_mode():
                 out = self.model.generate(**ids, max_new_tokens=max_tokens, do_sample=temperature > 0,
                                           temperature=temperature if temperature > 0 else None,

@@ -175,12 +175,8 @@ def run_labelling(cfg: LabelConfig, command: str | None = None) -> Path:
     label_bias = adapter_label_bias(cfg)
 
     # ---- resumable output ----------------------------------------------------------------------------------
-    fingerprint = {
-        "model": cfg.model, "adapter": cfg.adapter, "adapter_digest": _file_digest(cfg.adapter),
-        "backend": cfg.backend, "prompt": dataclasses.asdict(prompt_cfg), "input": loaded.path,
-        "split": cfg.split, "max_dialogues": cfg.max_dialogues, "labels": list(label_set.labels),
-        "reference_corpus": reference, "label_bias": label_bias,
-    }
+    fingerprint = run_fingerprint(cfg, prompt_cfg, retrieval_cfg, builder, loaded.path, list(label_set.labels),
+                                  reference, label_bias)
     writer = ResumableWriter(cfg.output_dir, fingerprint)
     if writer.torn_lines:
         print(f"resume: dropped {writer.torn_lines} torn line(s) of an interrupted write", file=sys.stderr)
@@ -199,9 +195,15 @@ def run_labelling(cfg: LabelConfig, command: str | None = None) -> Path:
                              lora_mode=cfg.lora_mode, served_model_name=cfg.served_model_name)
         engine_ready = time.perf_counter()
         scorer = BiasedScorer(engine, label_bias) if label_bias else engine
-        label_dialogues(dialogues, builder, scorer, batch_size=cfg.batch_size, done=done,
-                        on_batch=lambda items: writer.append(
-                            _record(i, gold[i.example.key], metas.get(i.example.key)) for i in items))
+        def on_batch(items: list[Labelled]) -> None:
+            writer.append(_record(i, gold[i.example.key], metas.get(i.example.key)) for i in items)
+
+        if prompt_cfg.layout == "packed":
+            from erc_llm.labelling.packed import label_dialogues_packed
+
+            label_dialogues_packed(dialogues, builder, scorer, done=done, on_batch=on_batch)
+        else:
+            label_dialogues(dialogues, builder, scorer, batch_size=cfg.batch_size, done=done, on_batch=on_batch)
     else:
         engine_ready = started
     finished = time.perf_counter()
@@ -229,3 +231,46 @@ def run_labelling(cfg: LabelConfig, command: str | None = None) -> Path:
                              "unlabelled_gold": len(records) - len(labelled)})
     writer.cleanup()
     return out
+
+
+def run_fingerprint(cfg: LabelConfig, prompt_cfg: PromptConfig, retrieval_cfg, builder, input_path, labels: list[str],
+                    reference: str, label_bias: dict[str, float] | None) -> dict:
+    """What must not change between an interrupted labelling run and its resume: model and adapter (contents),
+    prompt settings and the template's text, the chat-template variables (pinned date), retrieval settings and
+    the index actually loaded, and the engine with its resolved dtype and arguments."""
+    from erc_llm.prompting.templates import chat_template_kwargs, find_template
+
+    def digest(data) -> str:
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    merged_info = Path(cfg.model) / "merge_info.json"
+    indices = []
+    for source in (builder.biographies, builder.demonstrations):
+        manifest = getattr(getattr(source, "index", None), "manifest", None)
+        if manifest:
+            indices.append(digest({k: v for k, v in manifest.items() if "seconds" not in k and "_at" not in k}))
+    return {
+        "model": cfg.model, "adapter": cfg.adapter, "adapter_digest": _file_digest(cfg.adapter),
+        "merged_from": json.loads(merged_info.read_text()).get("adapter_digest") if merged_info.is_file() else None,
+        "backend": cfg.backend, "engine": engine_settings(cfg), "prompt": dataclasses.asdict(prompt_cfg),
+        "template_sha256": hashlib.sha256(find_template(prompt_cfg.template).read_bytes()).hexdigest()[:16],
+        "chat_template_kwargs": chat_template_kwargs(),
+        "retrieval": dataclasses.asdict(retrieval_cfg) if retrieval_cfg is not None else None,
+        "index": sorted(set(indices)), "input": input_path, "split": cfg.split, "max_dialogues": cfg.max_dialogues,
+        "labels": labels, "reference_corpus": reference, "label_bias": label_bias,
+    }
+
+
+def engine_settings(cfg: LabelConfig) -> dict:
+    """The engine arguments a run resolves to (defaults included), without starting an engine."""
+    from erc_llm.labelling.engines import CPU_ENGINE_ARGS, GPU_ENGINE_ARGS, hf_engine_placement
+
+    if cfg.backend == "hf":
+        dtype, device = hf_engine_placement(cfg.engine_args)
+        return {"dtype": dtype, "device": device, "batch_size": cfg.batch_size}
+    if cfg.backend == "endpoint":
+        return {"endpoint": cfg.endpoint, "served_model_name": cfg.served_model_name}
+    import torch
+
+    defaults = GPU_ENGINE_ARGS if torch.cuda.is_available() else CPU_ENGINE_ARGS
+    return {**defaults, **dict(cfg.engine_args or {}), "lora_mode": cfg.lora_mode, "seed": cfg.seed}

@@ -1,0 +1,101 @@
+"""Training throughput: the dialogue-packed layout vs the per-utterance recipe, same model, data budget and machine.
+
+Runs `recipes/sft.py` twice, one after the other, with only the layout changed (both: context + corpus emotion
+history, sqrt-inverse class weights, LoRA on the top layers, bf16 frozen base, no evaluation during training):
+
+* per_utterance: one prompt per training line (2 previous lines of context, history in the prompt), `--utterances`
+  lines drawn stratified from the training split, batch 8;
+* packed: whole training dialogues with about `--utterances` lines, one chat per dialogue, batch 4 dialogues.
+
+Labelled utterances per second = lines trained / `trainer.train()` wall seconds (from each run's
+run_summary.json). Writes evaluation/bench_sft_packed.json.
+
+    python evaluation/bench_sft_packed.py --model Qwen/Qwen2.5-Coder-0.5B-Instruct --utterances 400 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "evaluation" / "bench_sft_packed.json"
+COMMON = [
+    "--corpus", "meld", "--use_history", "true", "--history_window", "5", "--class_weighting", "sqrt_inverse",
+    "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false",
+    "--early_stopping_patience", "None", "--test_split", "None", "--eval_subsample", "8", "--num_train_epochs", "1",
+    "--learning_rate", "3e-4", "--lr_scheduler_type", "constant", "--warmup_steps", "0", "--logging_steps", "5",
+    "--seed", "42", "--subsample_seed", "0",
+]
+LAYOUTS = {
+    "per_utterance": ["--layout", "per_utterance", "--template", "erc_instruct.j2", "--past_window", "2",
+                      "--max_line_chars", "100", "--per_device_train_batch_size", "8", "--batching", "length_grouped",
+                      "--max_length", "768", "--train_subsample_strategy", "stratified"],
+    "packed": ["--layout", "packed", "--template", "erc_packed.j2", "--max_line_chars", "200",
+               "--per_device_train_batch_size", "4", "--batching", "padding_free", "--max_length", "1536"],
+}
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="Qwen/Qwen2.5-Coder-0.5B-Instruct")
+    p.add_argument("--base_config", default="recipes/qwen2.5-coder-0.5b/sft/meld_packed.yaml",
+                   help="Recipe the model/LoRA settings come from (layout keys are overridden).")
+    p.add_argument("--utterances", type=int, default=400)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default=str(OUT))
+    return p.parse_args()
+
+
+def run(layout: str, args: argparse.Namespace, out_dir: Path) -> dict:
+    """One recipes/sft.py run; its run_summary.json plus wall time."""
+    cmd = [sys.executable, str(REPO / "recipes" / "sft.py"), "--config", args.base_config,
+           "--model_name_or_path", args.model, "--output_dir", str(out_dir), "--train_subsample", str(args.utterances),
+           *COMMON, *LAYOUTS[layout]]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    started = time.perf_counter()
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"{layout} run failed:\n{result.stderr[-3000:]}")
+    summary = json.loads((out_dir / "run_summary.json").read_text())
+    return {
+        "utterances": summary["train_examples"], "seconds": summary["train_seconds"],
+        "utterances_per_second": round(summary["train_examples"] / summary["train_seconds"], 3),
+        "steps": summary["train_steps"], "mean_tokens_per_utterance": summary.get("mean_tokens_per_example"),
+        "train_tokens_per_second": summary.get("train_tokens_per_second"),
+        "process_wall_seconds": round(time.perf_counter() - started, 1), "command": shlex.join(cmd),
+    }
+
+
+def main() -> None:
+    args = parse_args()
+    results: dict = {}
+    with tempfile.TemporaryDirectory(prefix="bench-sft-packed-") as tmp:
+        for layout in LAYOUTS:
+            results[layout] = run(layout, args, Path(tmp) / layout)
+            print(f"{layout:>14}: {results[layout]['utterances']} utterances in {results[layout]['seconds']} s = "
+                  f"{results[layout]['utterances_per_second']} utt/s "
+                  f"({results[layout]['mean_tokens_per_utterance']} tokens per utterance)", flush=True)
+    speedup = results["packed"]["utterances_per_second"] / results["per_utterance"]["utterances_per_second"]
+    results["speedup"] = round(speedup, 2)
+    results["meta"] = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "model": args.model, "threads": args.threads,
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        "command": "python evaluation/bench_sft_packed.py " + shlex.join(sys.argv[1:]),
+    }
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    print(f"packed / per-utterance: {speedup:.2f}x  -> {args.out}")
+    print(f"rerun: {results['meta']['command']}")
+
+
+if __name__ == "__main__":
+    main()
