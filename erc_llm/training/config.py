@@ -158,7 +158,8 @@ class ERCSFTConfig(SFTConfig):
         default=False,
         metadata={
             "help": "Fit per-label log-probability offsets on the selected checkpoint's dev predictions (max dev "
-            "W-F1) and label the test split with them; uncalibrated test scores are kept in metrics.json extra."
+            "W-F1) and label the test split with them if a cross-fit on dev by dialogue halves shows a positive "
+            "held-out gain (run_summary.json records the check); uncalibrated test scores are kept in metrics.json extra."
         },
     )
     packed_label_noise: float = field(

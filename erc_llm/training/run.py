@@ -27,7 +27,7 @@ from erc_llm.io import atomic_write_json, atomic_write_text
 from erc_llm.prompting.builder import PromptBuilder
 from erc_llm.prompting.dataset import build_prompt_builder
 from erc_llm.prompting.templates import template_text
-from erc_llm.training.calibration import fit_label_bias
+from erc_llm.training.calibration import choose_label_bias
 from erc_llm.training.collator import LabelOnlyCollator
 from erc_llm.training.config import ERCDataArguments, ERCModelConfig, ERCSFTConfig, dump_yaml, resolved_config
 from erc_llm.training.data import (
@@ -219,12 +219,14 @@ def write_split_outputs(run_dir: Path, split: str, corpus: str, records: Sequenc
 
 def evaluate_test(trainer: ERCSFTTrainer, splits: CorpusSplits, data_args: ERCDataArguments,
                   dev_records: Sequence[PredictionRecord], out: Path, summary: dict[str, Any]) -> dict[str, Any]:
-    """Label the test split (with the dev-fitted label bias when `calibrate_label_bias`); write its run files."""
+    """Label the test split and write its run files. With `calibrate_label_bias` the dev-fitted label bias is
+    applied only when its held-out gain (cross-fit on dev by dialogue halves) is positive; the check and the
+    decision go into the run summary (`label_bias` only when applied) and the log."""
     labels = list(splits.label_set.labels)
     bias = None
     if trainer.args.calibrate_label_bias:
-        bias, before, after = fit_label_bias(dev_records, labels, trainer.args.metric_for_best_model.removeprefix("eval_"))
-        summary.update(label_bias=bias, dev_metric_before_bias=round(before, 4), dev_metric_after_bias=round(after, 4))
+        bias, entries = choose_label_bias(dev_records, labels, trainer.args.metric_for_best_model.removeprefix("eval_"))
+        summary.update(entries)
     started = time.perf_counter()
     _, records = trainer.label_and_score(splits.test, label_bias=bias)
     summary["test_eval_seconds"] = round(time.perf_counter() - started, 1)
