@@ -90,8 +90,8 @@ class RetrievalConfig:
     target in fold k is built (profile and LLM text alike) from the other K-1 folds only, so it never counts or
     quotes a line of the target's own dialogue. Dev, test and labelling prompts get the biography built from the
     whole training split. K=10 keeps 90% of a speaker's lines in each training biography (close to what test
-    prompts see) at 10 extra profile computations, and 10x the LLM biography prompts for `biography_kind: llm`
-    (identical prompts are generated once). 0 turns it off: training prompts then see the full-train biography,
+    prompts see) at 10 extra profile computations (about a second); for `biography_kind: llm` each fold writes
+    its own LLM biographies, identical prompts once (MELD 87 -> 343 prompts, EmoryNLP 89 -> 331). 0 turns it off: training prompts then see the full-train biography,
     own line included (only for inspecting the leak).
     """
 

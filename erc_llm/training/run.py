@@ -30,6 +30,7 @@ from erc_llm.prompting.templates import template_text
 from erc_llm.training.calibration import choose_label_bias
 from erc_llm.training.collator import LabelOnlyCollator
 from erc_llm.training.config import ERCDataArguments, ERCModelConfig, ERCSFTConfig, dump_yaml, resolved_config
+from erc_llm.training.curves import TrainingCurvesCallback
 from erc_llm.training.data import (
     build_train_dataset,
     class_weights,
@@ -134,7 +135,7 @@ def build_trainer(
     collator = LabelOnlyCollator(pad_token_id=tokenizer.pad_token_id,
                                  padding_free=training_args.batching == "padding_free",
                                  pad_to_multiple_of=training_args.pad_to_multiple_of)
-    callbacks = []
+    callbacks = [TrainingCurvesCallback()]  # training_curves.png in the run folder
     if training_args.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(training_args.early_stopping_patience,
                                                training_args.early_stopping_threshold))
