@@ -10,6 +10,7 @@ import sys
 COMMAND_MODULES = (
     "erc_llm.data.cli",
     "erc_llm.models",
+    "erc_llm.merge",
     "erc_llm.retrieval.cli",
     "erc_llm.prompting.cli",
     "erc_llm.labelling.cli",

@@ -8,6 +8,12 @@
 Any config key can be overridden on the command line (`--learning_rate 1e-3`). Writes to `output_dir`: the
 adapter, erc_config.yaml, prompt_template.j2, metrics.json + predictions.jsonl (test split), dev/ (the selected
 checkpoint's dev predictions), run_summary.json, and merged/ when `merge_adapter: true`.
+
+Order: train (resuming from the last checkpoint-* in output_dir when there is one; `--resume_from_checkpoint
+false` starts over) -> keep the best adapter -> label dev and test with the adapter on every process -> end the
+process group -> rank 0 merges the saved adapter into a freshly loaded bf16 base on the CPU (`erc_llm.merge`,
+the same as `erc-llm merge --adapter <output_dir>`), so test metrics come from the adapter vLLM serves with
+LoRARequest and merged/ is never a 4-bit model.
 """
 
 from __future__ import annotations
@@ -23,14 +29,17 @@ from erc_llm.training.config import parse_sft_args
 from erc_llm.training.run import (
     Stopwatch,
     build_trainer,
+    ddp_find_unused,
     evaluate_test,
     export_merged,
-    finish_distributed,
     load_corpus,
     load_model,
     load_tokenizer,
+    main_process_rank,
     make_prompt_builder,
+    resume_checkpoint,
     save_run_config,
+    selected_dev_records,
     world_size,
     write_split_outputs,
     write_summary,
@@ -68,18 +77,18 @@ def main() -> None:
     if training_args.eval_at_start:
         trainer.evaluate()
     started = clock.total()
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    resume = resume_checkpoint(training_args)
+    if resume:
+        logger.info("resuming from %s", resume)
+    train_result = trainer.train(resume_from_checkpoint=resume)
     train_seconds = clock.total() - started
 
     # ---- save (best adapter by dev W-F1 when load_best_model_at_end) ------------------------------------
     trainer.save_model(training_args.output_dir)
-    merged_dir = export_merged(trainer, tokenizer, training_args.output_dir) if training_args.merge_adapter else None
 
-    # ---- evaluate: dev of the selected checkpoint, then the test split ---------------------------------
+    # ---- evaluate with the adapter: dev of the selected checkpoint, then the test split ------------------
     out = Path(training_args.output_dir)
-    dev_records = trainer.best_dev_records()
-    if dev_records is None:
-        _, dev_records = trainer.label_and_score(splits.dev)
+    dev_records = selected_dev_records(trainer, splits.dev)
     summary = {
         "world_size": world_size(), "model": model_args.model_name_or_path, "corpus": data_args.corpus,
         **data_info, "train_seconds": round(train_seconds, 1), "train_steps": train_result.global_step,
@@ -87,7 +96,7 @@ def main() -> None:
         "train_tokens_per_second": round(trainer.train_tokens * world_size() / max(train_seconds, 1e-6), 1),
         "best_checkpoint": trainer.state.best_model_checkpoint, "best_dev_metric": trainer.state.best_metric,
         "dev_eval_seconds": trainer.dev_seconds, "bf16": training_args.bf16, "torch_threads": torch.get_num_threads(),
-        "merged_dir": str(merged_dir) if merged_dir else None,
+        "resumed_from": resume, "ddp_find_unused_parameters": ddp_find_unused(trainer),
     }
     dev_metrics = write_split_outputs(out / "dev", data_args.eval_split, data_args.corpus, dev_records, labels, summary)
     summary["dev_weighted_f1"] = dev_metrics["weighted_f1"]
@@ -99,7 +108,16 @@ def main() -> None:
         write_split_outputs(out, data_args.eval_split, data_args.corpus, dev_records, labels, summary)
     summary["total_seconds"] = clock.total()
     write_summary(training_args.output_dir, summary)
-    finish_distributed()
+    is_main = main_process_rank()
+    trainer.end()  # trackers finished, process group destroyed: nothing below talks to the other processes
+
+    # ---- merged/ for vLLM: the saved adapter into a fresh bf16 base, on the CPU, once ----------------------
+    if training_args.merge_adapter and is_main:
+        started = clock.total()
+        merged_dir = export_merged(training_args.output_dir)
+        summary.update(merged_dir=str(merged_dir), merge_seconds=round(clock.total() - started, 1),
+                       total_seconds=clock.total())
+        write_summary(training_args.output_dir, summary)
 
 
 if __name__ == "__main__":

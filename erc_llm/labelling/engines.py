@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from erc_llm.paths import cache_root
 from erc_llm.prompting.answer import LabelTokens, label_tokens
+from erc_llm.prompting.templates import chat_template_kwargs
 
 Messages = list[dict[str, str]]
 
@@ -54,43 +55,23 @@ def label_probabilities(first_token_logprobs: Mapping[int, float], tokens: Label
 # ---- merged adapters (CPU) ------------------------------------------------------------------------------
 def _adapter_digest(base: str, adapter: str) -> str:
     """Content hash of an adapter plus the base it applies to (names the merged-model cache entry)."""
-    digest = hashlib.sha256(str(Path(base).resolve()).encode())
-    for name in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"):
-        path = Path(adapter) / name
-        if path.exists():
-            digest.update(name.encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
+    from erc_llm.merge import adapter_digest
+
+    return hashlib.sha256(f"{Path(base).resolve()}:{adapter_digest(adapter)}".encode()).hexdigest()[:16]
 
 
 def merged_model_dir(base: str, adapter: str) -> Path:
     """Merge a LoRA adapter into its base once and cache the result (vLLM on CPU serves merged weights)."""
-    import shutil
-    import tempfile
-
-    from erc_llm.io import file_lock, replace_dir
+    from erc_llm.io import file_lock
+    from erc_llm.merge import merge_adapter
 
     target = cache_root() / "merged" / f"{Path(adapter).resolve().name}-{_adapter_digest(base, adapter)}"
     if (target / "config.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(target.parent / f".{target.name}.lock"):
-        if (target / "config.json").exists():
-            return target
-        import torch
-        from peft import PeftModel
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-        merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-        try:
-            merged.save_pretrained(tmp)
-            tokenizer_src = adapter if (Path(adapter) / "tokenizer_config.json").exists() else base
-            AutoTokenizer.from_pretrained(tokenizer_src).save_pretrained(tmp)
-            replace_dir(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / "config.json").exists():
+            merge_adapter(adapter, target, base=base, dtype="bfloat16")
     return target
 
 
@@ -108,6 +89,9 @@ def _adapter_base(adapter: str) -> str | None:
 # bfloat16 (AMX) is ~2x faster than float32; eager mode avoids a ~3 min compile for no real gain.
 CPU_ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "2"}
 CPU_ENGINE_ARGS = {"dtype": "bfloat16", "enforce_eager": True, "max_model_len": 2048}
+# On a GPU: without max_model_len vLLM sizes for the model's whole context (Llama-3.2: 131,072 tokens) and refuses
+# to start when one such sequence's KV cache does not fit; ERC prompts are < 1,000 tokens (README table).
+GPU_ENGINE_ARGS = {"dtype": "bfloat16", "max_model_len": 4096}
 
 
 def _is_cpu_platform() -> bool:
@@ -143,8 +127,12 @@ class VLLMEngine:
         if on_cpu:
             for key, value in CPU_ENGINE_ENV.items():
                 os.environ.setdefault(key, value)  # vllm.envs reads these lazily, when the engine starts
-        args = {"enable_prefix_caching": True, "seed": seed, **(CPU_ENGINE_ARGS if on_cpu else {}),
+        args = {"enable_prefix_caching": True, "seed": seed, **(CPU_ENGINE_ARGS if on_cpu else GPU_ENGINE_ARGS),
                 **dict(engine_args or {})}
+        if int(args.get("data_parallel_size", 1)) > 1:
+            raise ValueError("data_parallel_size > 1 runs one engine per GPU group: use make_engine (DataParallelEngine)")
+        args.pop("data_parallel_size", None)
+        self.engine_args = args
         self.lora_request = None
         self.served_model = model_dir
         if adapter:
@@ -184,7 +172,8 @@ class VLLMEngine:
         """Per-label probabilities for each prompt (the decoded label has the highest)."""
         if self.tokens is None:
             raise RuntimeError("this VLLMEngine was built without labels (generation only); it cannot score")
-        outputs = self.llm.chat(list(prompts), self._label_params(), use_tqdm=False, lora_request=self.lora_request)
+        outputs = self.llm.chat(list(prompts), self._label_params(), use_tqdm=False, lora_request=self.lora_request,
+                                chat_template_kwargs=chat_template_kwargs())
         by_first_id = dict(zip(self.tokens.first_ids, self.labels))
         results = []
         for output in outputs:
@@ -206,7 +195,8 @@ class VLLMEngine:
         from vllm import SamplingParams
 
         params = SamplingParams(temperature=temperature, max_tokens=max_tokens, repetition_penalty=repetition_penalty)
-        outputs = self.llm.chat(list(prompts), params, use_tqdm=False, lora_request=self.lora_request)
+        outputs = self.llm.chat(list(prompts), params, use_tqdm=False, lora_request=self.lora_request,
+                                chat_template_kwargs=chat_template_kwargs())
         return [o.outputs[0].text.strip() for o in outputs]
 
 
@@ -249,7 +239,8 @@ class EndpointEngine:
     def _one(self, messages: Messages) -> dict[str, float]:
         """Label one prompt."""
         body = {"model": self.model, "messages": messages, "temperature": 0.0, "max_tokens": 8,
-                "structured_outputs": {"choice": list(self.labels)}, "logprobs": True, "top_logprobs": 20}
+                "structured_outputs": {"choice": list(self.labels)}, "logprobs": True, "top_logprobs": 20,
+                "chat_template_kwargs": chat_template_kwargs()}
         reply = self._post(body)["choices"][0]
         chosen = reply["message"]["content"].strip()
         if chosen not in self.labels:
@@ -274,16 +265,22 @@ class EndpointEngine:
 
     def generate(self, prompts: Sequence[Messages], max_tokens: int = 256, temperature: float = 0.0) -> list[str]:
         """Free-text replies."""
-        bodies = [{"model": self.model, "messages": m, "temperature": temperature, "max_tokens": max_tokens}
-                  for m in prompts]
+        bodies = [{"model": self.model, "messages": m, "temperature": temperature, "max_tokens": max_tokens,
+                   "chat_template_kwargs": chat_template_kwargs()} for m in prompts]
         return [self._post(b)["choices"][0]["message"]["content"].strip() for b in bodies]
 
 
 def make_engine(backend: str, model: str, labels: Sequence[str], adapter: str | None = None,
                 engine_args: Mapping[str, Any] | None = None, endpoint: str | None = None,
                 batch_size: int = 16, lora_mode: str = "auto", served_model_name: str | None = None) -> Engine:
-    """Create a backend by name: 'vllm', 'hf' (transformers label scoring) or 'endpoint'."""
+    """Create a backend by name: 'vllm', 'hf' (transformers label scoring) or 'endpoint'.
+
+    vllm with `engine_args: {data_parallel_size: N}` starts N engine processes (one GPU group each) behind one
+    `DataParallelEngine`. hf runs in bfloat16 on the first CUDA device when there is one, else float32 on the
+    CPU (`engine_args: {dtype: ..., device: ...}` overrides)."""
     if backend == "vllm":
+        if int(dict(engine_args or {}).get("data_parallel_size", 1)) > 1:
+            return DataParallelEngine(model, labels, adapter=adapter, engine_args=engine_args, lora_mode=lora_mode)
         return VLLMEngine(model, labels, adapter=adapter, engine_args=engine_args, lora_mode=lora_mode)
     if backend == "endpoint":
         if not endpoint:
@@ -292,5 +289,160 @@ def make_engine(backend: str, model: str, labels: Sequence[str], adapter: str | 
     if backend == "hf":
         from erc_llm.labelling.hf_engine import HFEngine
 
-        return HFEngine(model, labels, adapter=adapter, batch_size=batch_size)
+        dtype, device = hf_engine_placement(engine_args)
+        return HFEngine(model, labels, adapter=adapter, batch_size=batch_size, dtype=dtype, device=device)
     raise ValueError(f"unknown backend {backend!r}; use vllm, hf or endpoint")
+
+
+def hf_engine_placement(engine_args: Mapping[str, Any] | None = None) -> tuple[str, str]:
+    """(dtype, device) of the transformers backend: bf16 on CUDA when present, else fp32 on the CPU."""
+    import torch
+
+    args = dict(engine_args or {})  # vLLM-only keys (max_model_len, ...) do not apply here
+    cuda = torch.cuda.is_available()
+    device = str(args.get("device") or ("cuda" if cuda else "cpu"))
+    dtype = str(args.get("dtype") or ("bfloat16" if device.startswith("cuda") else "float32"))
+    if dtype not in ("bfloat16", "float16", "float32"):
+        raise ValueError(f"engine_args dtype must be bfloat16, float16 or float32, got {dtype!r}")
+    return dtype, device
+
+
+# ---- data parallelism: one vLLM engine per GPU group -----------------------------------------------------
+def visible_gpus() -> list[str]:
+    """The CUDA devices this process may use (CUDA_VISIBLE_DEVICES, else all), as ids to hand to workers."""
+    import os
+
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [d.strip() for d in listed.split(",") if d.strip()]
+    try:
+        import torch
+
+        return [str(i) for i in range(torch.cuda.device_count())]
+    except ImportError:
+        return []
+
+
+def dp_device_groups(size: int, tensor_parallel: int, gpus: Sequence[str]) -> list[list[str] | None]:
+    """GPU ids for each of `size` engines of `tensor_parallel` GPUs each (None for every engine on a CPU box)."""
+    if not gpus:
+        return [None] * size
+    need = size * tensor_parallel
+    if need > len(gpus):
+        raise ValueError(f"data_parallel_size {size} x tensor_parallel_size {tensor_parallel} needs {need} GPUs; "
+                         f"{len(gpus)} visible ({','.join(gpus)})")
+    return [list(gpus[i * tensor_parallel:(i + 1) * tensor_parallel]) for i in range(size)]
+
+
+def _dp_worker(conn, devices: list[str] | None, kwargs: dict[str, Any]) -> None:
+    """One engine process: pin its GPUs, build a VLLMEngine, answer (method, prompts, options) requests."""
+    import os
+    import traceback
+
+    if devices is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
+    else:
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # CPU engines share the cores
+    try:
+        engine = VLLMEngine(**kwargs)
+        conn.send(("ready", None))
+    except BaseException:  # noqa: BLE001 - reported to the parent, which raises
+        conn.send(("error", traceback.format_exc()))
+        return
+    while True:
+        request = conn.recv()
+        if request is None:
+            break
+        method, prompts, options = request
+        try:
+            conn.send(("ok", getattr(engine, method)(prompts, **options)))
+        except BaseException:  # noqa: BLE001
+            conn.send(("error", traceback.format_exc()))
+
+
+class DataParallelEngine:
+    """`data_parallel_size` vLLM engines in worker processes, each on its own GPU group (CPU: sharing the cores).
+
+    Each `score`/`generate` call splits its prompts into contiguous shares, one per engine, and joins the answers
+    in input order, so the labelling loop (dialogue-order rounds, resume) is unchanged and every prompt gets the
+    same answer as from one engine. vLLM's own `LLM(data_parallel_size=N)` refuses single-process use. A LoRA
+    adapter that is merged (CPU) is merged once here, before the workers start.
+    """
+
+    def __init__(self, model: str, labels: Sequence[str], adapter: str | None = None,
+                 engine_args: Mapping[str, Any] | None = None, lora_mode: str = "auto", seed: int = 0) -> None:
+        import multiprocessing
+
+        from erc_llm.models import resolve_model
+
+        args = dict(engine_args or {})
+        self.size = int(args.pop("data_parallel_size"))
+        self.labels = tuple(labels)
+        gpus = visible_gpus()
+        groups = dp_device_groups(self.size, int(args.get("tensor_parallel_size", 1)), gpus)
+        model_dir = resolve_model(model)
+        if adapter and (lora_mode == "merge" or (lora_mode == "auto" and not gpus)):
+            model_dir, adapter, lora_mode = str(merged_model_dir(model_dir, adapter)), None, "auto"
+        kwargs = {"model": model_dir, "labels": self.labels, "adapter": adapter, "engine_args": args,
+                  "lora_mode": lora_mode, "seed": seed}
+        ctx = multiprocessing.get_context("spawn")
+        self.conns, self.procs = [], []
+        for devices in groups:
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_dp_worker, args=(child, devices, kwargs), daemon=True)
+            proc.start()
+            child.close()
+            self.conns.append(parent)
+            self.procs.append(proc)
+        for rank, conn in enumerate(self.conns):
+            self._answer(rank, conn)
+
+    def _answer(self, rank: int, conn):
+        """A worker's reply (its traceback raised as an error naming the worker)."""
+        try:
+            status, value = conn.recv()
+        except EOFError:
+            self.close()
+            raise RuntimeError(f"data-parallel vLLM engine {rank} exited (see its log above)") from None
+        if status == "error":
+            self.close()
+            raise RuntimeError(f"data-parallel vLLM engine {rank} failed:\n{value}")
+        return value
+
+    def _scatter(self, method: str, prompts: Sequence[Messages], **options) -> list:
+        """Contiguous shares of `prompts` to the engines; answers joined in input order."""
+        prompts = list(prompts)
+        share = -(-len(prompts) // self.size)
+        parts = [prompts[i * share:(i + 1) * share] for i in range(self.size)]
+        busy = [(rank, conn) for rank, (conn, part) in enumerate(zip(self.conns, parts)) if part]
+        for rank, conn in busy:
+            conn.send((method, parts[rank], options))
+        out: list = []
+        for rank, conn in busy:
+            out.extend(self._answer(rank, conn))
+        return out
+
+    def score(self, prompts: Sequence[Messages]) -> list[dict[str, float]]:
+        """Per-label probabilities, prompts shared over the engines."""
+        return self._scatter("score", prompts)
+
+    def generate(self, prompts: Sequence[Messages], max_tokens: int = 256, temperature: float = 0.0) -> list[str]:
+        """Free-text replies, prompts shared over the engines."""
+        return self._scatter("generate", prompts, max_tokens=max_tokens, temperature=temperature)
+
+    def close(self) -> None:
+        """Stop the engine processes."""
+        for conn in self.conns:
+            try:
+                conn.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+        for proc in self.procs:
+            proc.join(timeout=60)
+            if proc.is_alive():
+                proc.terminate()
+        self.conns, self.procs = [], []
+
+    def __del__(self) -> None:
+        if getattr(self, "procs", None):
+            self.close()

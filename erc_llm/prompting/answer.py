@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from erc_llm.prompting.templates import apply_chat_template
+
 _PROBE = [{"role": "user", "content": "Which emotion?"}]
 
 
@@ -31,7 +33,7 @@ class LabelTokens:
 
 def _chat_ids(tokenizer, messages: list[dict], add_generation_prompt: bool) -> list[int]:
     """Token ids of a rendered chat (plain list, whatever the tokenizer returns)."""
-    out = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt)
+    out = apply_chat_template(tokenizer, messages, tokenize=True, add_generation_prompt=add_generation_prompt)
     if hasattr(out, "keys") and "input_ids" in out:
         out = out["input_ids"]
     return list(out)

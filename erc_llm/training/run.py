@@ -86,7 +86,7 @@ def load_tokenizer(model_path: str, model_args: ERCModelConfig, training_args: E
 
 
 def load_model(model_path: str, model_args: ERCModelConfig, training_args: ERCSFTConfig):
-    """The base causal LM (4-bit for QLoRA on GPU); PEFT wraps it inside the trainer."""
+    """The base causal LM (4-bit NF4 for QLoRA, on this process's GPU); PEFT wraps it inside the trainer."""
     quantization = get_quantization_config(model_args)
     dtype = model_args.dtype if model_args.dtype in ("auto", None) else getattr(torch, model_args.dtype)
     kwargs: dict[str, Any] = {"revision": model_args.model_revision, "dtype": dtype,
@@ -95,10 +95,13 @@ def load_model(model_path: str, model_args: ERCModelConfig, training_args: ERCSF
     if attn:
         kwargs["attn_implementation"] = attn
     if quantization is not None:
-        from accelerate import PartialState
-
         kwargs["quantization_config"] = quantization
-        kwargs["device_map"] = {"": PartialState().local_process_index}
+        if training_args.use_cpu or not torch.cuda.is_available():
+            kwargs["device_map"] = {"": "cpu"}  # bitsandbytes' CPU backend (tests; far too slow for real runs)
+        else:
+            from accelerate import PartialState
+
+            kwargs["device_map"] = {"": PartialState().local_process_index}
     model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
     model.config.use_cache = False
     return model
@@ -253,17 +256,12 @@ def _unbiased(record: PredictionRecord, bias: dict[str, float], labels: Sequence
                             record.gold, record.utterance_id, record.scores)
 
 
-def export_merged(trainer: ERCSFTTrainer, tokenizer, output_dir: str) -> Path | None:
-    """Save the LoRA-merged full model to <output_dir>/merged (vLLM on CPU loads it without PEFT)."""
-    target = Path(output_dir) / "merged"
-    if is_main_process():
-        model = trainer.accelerator.unwrap_model(trainer.model)
-        merged = model.merge_and_unload()
-        merged.save_pretrained(str(target), safe_serialization=True)
-        tokenizer.save_pretrained(str(target))
-    if world_size() > 1:
-        dist.barrier()
-    return target
+def export_merged(output_dir: str, base: str | None = None) -> Path:
+    """<output_dir>/merged: the saved adapter merged into a freshly loaded bf16 copy of its base on the CPU
+    (never the 4-bit training model), servable by vLLM without PEFT. Call on one process, after evaluation."""
+    from erc_llm.merge import merge_adapter
+
+    return merge_adapter(output_dir, Path(output_dir) / "merged", base=base, dtype="bfloat16")
 
 
 def write_summary(output_dir: str, summary: dict[str, Any]) -> None:
@@ -291,3 +289,41 @@ class Stopwatch:
 
     def total(self) -> float:
         return round(time.perf_counter() - self.started, 1)
+
+
+# ---- GPU recipes: resume, dev records after a resume, merged export (issue 13) ----------------------------
+def resume_checkpoint(training_args: ERCSFTConfig) -> str | None:
+    """The checkpoint to resume from: `resume_from_checkpoint` when it names one, else the last `checkpoint-*`
+    in output_dir (an interrupted run restarts where it stopped, as alignment-handbook recipes do); `false`,
+    `no` or `none` starts over even when checkpoints exist."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    asked = training_args.resume_from_checkpoint
+    if isinstance(asked, str) and asked.strip().lower() in ("false", "no", "none", "never"):
+        return None
+    if asked and str(asked).strip().lower() not in ("true", "yes", "auto", "last"):
+        if not Path(asked).is_dir():
+            raise FileNotFoundError(f"resume_from_checkpoint: {asked} is not a checkpoint folder")
+        return str(asked)
+    out = Path(training_args.output_dir)
+    return get_last_checkpoint(str(out)) if out.is_dir() else None
+
+
+def selected_dev_records(trainer: ERCSFTTrainer, dev: Sequence[Dialogue]) -> list[PredictionRecord]:
+    """Dev predictions of the selected checkpoint. After a resume the selected checkpoint may have been scored
+    by the interrupted process: the (reloaded best) model labels dev again rather than reporting another step."""
+    step = trainer.state.best_global_step
+    if trainer.dev_records and (step in trainer.dev_records or (not step and trainer.state.best_metric is None)):
+        return trainer.best_dev_records()
+    return trainer.label_and_score(dev)[1]
+
+
+def main_process_rank() -> bool:
+    """Rank 0 by the launcher's environment (valid after the process group is gone)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def ddp_find_unused(trainer: ERCSFTTrainer) -> bool | None:
+    """`find_unused_parameters` of the DDP wrapper this run trained with (None without DDP)."""
+    wrapped = getattr(trainer, "model_wrapped", None)
+    return getattr(wrapped, "find_unused_parameters", None) if isinstance(wrapped, torch.nn.parallel.DistributedDataParallel) else None
