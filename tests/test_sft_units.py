@@ -115,7 +115,7 @@ def test_config_validation_names_the_field() -> None:
     with pytest.raises(SFTConfigError, match="train_subsample_strategy"):
         load_recipe(smoke, ["--train_subsample_strategy", "nope"])
     with pytest.raises(SFTConfigError, match="load_in_4bit"):
-        load_recipe(smoke, ["--load_in_4bit", "true"])
+        load_recipe(smoke, ["--load_in_4bit", "true", "--use_peft", "false"])  # QLoRA without LoRA
     data_args, training_args, _ = load_recipe(smoke, ["--learning_rate", "3e-3", "--past_window", "4"])
     assert training_args.learning_rate == 3e-3 and data_args.past_window == 4
     assert training_args.dataset_kwargs["skip_prepare_dataset"] is True
