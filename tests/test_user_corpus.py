@@ -180,6 +180,19 @@ def test_non_utf8_byte_reported_at_its_record(tmp_path, data_dir):
     assert loaded.n_utterances == 2609 and str(loaded.skipped[0].row) == "1500 (line 1501)"
 
 
+def test_training_curves_plot(tmp_path):
+    from erc_llm.training.curves import curve_points, write_curves
+
+    history = [{"loss": 2.0, "step": 1}, {"eval_weighted_f1": 0.2, "eval_macro_f1": 0.1, "step": 1},
+               {"loss": 1.5, "step": 2}, {"eval_weighted_f1": 0.3, "eval_macro_f1": 0.2, "step": 2},
+               {"train_runtime": 3.0, "step": 2}]
+    points = curve_points(history)
+    assert points["loss"] == [(1, 2.0), (2, 1.5)] and points["eval_weighted_f1"] == [(1, 0.2), (2, 0.3)]
+    path = write_curves(tmp_path, history, title="run")
+    assert path.name == "training_curves.png" and path.read_bytes()[:4] == b"\x89PNG"
+    assert write_curves(tmp_path / "empty", []).stat().st_size > 0  # no evaluation yet: empty axes, no crash
+
+
 def test_predictions_keep_meta():
     record = PredictionRecord("d", 0, "Ann", "hi", "happy", gold=None, meta={"call_id": "c1"})
     assert record.to_dict()["meta"] == {"call_id": "c1"}
@@ -260,9 +273,15 @@ def test_user_corpus_end_to_end(tmp_path):
           str(REPO / "recipes" / "smollm2-135m" / "sft" / "smoke.yaml"), "--corpus", str(folder),
           "--output_dir", str(sft), "--index_dir", str(indices), "--use_biography", "true", "--use_history", "true",
           "--train_subsample", "null", "--eval_subsample", "null", "--test_split", "test",
-          "--max_steps", "2", "--eval_steps", "2", "--save_steps", "2"], env)
+          "--max_steps", "2", "--eval_steps", "1", "--save_steps", "2", "--report_to", "tensorboard"], env)
     metrics = json.loads((sft / "metrics.json").read_text())
     assert metrics["corpus"] == "corpus" and metrics["labels"] == LABELS and metrics["n"] == 9
+    assert (sft / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # loss + dev W-F1 per evaluation
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(next((sft / "runs").rglob("events.out.tfevents.*")).parent)).Reload()
+    assert {"train/loss", "eval/weighted_f1"} <= set(events.Tags()["scalars"])
+    assert len(events.Scalars("eval/weighted_f1")) == 2
 
     common = ["--backend", "hf", "--adapter", str(sft), "--index_dir", str(indices)]
     assert main(["label", *common, "--corpus", str(unlabelled), "--split", "calls",
