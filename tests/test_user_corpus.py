@@ -1,5 +1,5 @@
 """A user's own corpus: every way to name data, custom label sets, extra columns, encoding errors, and the whole
-pipeline (validate, speakers, SFT with the real SmolLM2-135M, labelling of unlabelled dialogues, compare)."""
+pipeline (validate, speakers, SFT with the real SmolLM2-135M, labelling of unlabelled dialogues, baseline, compare)."""
 
 from __future__ import annotations
 
@@ -255,7 +255,8 @@ def _run(cmd: list[str], env: dict[str, str]) -> str:
 @pytest.mark.slow
 def test_user_corpus_end_to_end(tmp_path):
     """validate -> speakers -> SFT (real SmolLM2-135M, biographies + emotion history from the user's train split)
-    -> label unlabelled dialogues -> label the test split -> compare, with a 4-label set declared in labels.txt."""
+    -> label unlabelled dialogues -> label the test split -> encoder-fusion baseline -> compare, with a 4-label
+    set declared in labels.txt."""
     from erc_llm.cli import main
 
     folder = synthetic_corpus(tmp_path)
@@ -293,7 +294,16 @@ def test_user_corpus_end_to_end(tmp_path):
 
     assert main(["label", *common, "--corpus", str(folder), "--split", "test",
                  "--output_dir", str(tmp_path / "label_test")]) == 0
-    assert main(["compare", str(sft), str(tmp_path / "label_test"), "--out", str(tmp_path / "report"),
-                 "--labels-from-run", "--bootstrap", "20", "--no-figures"]) == 0
+
+    baseline = tmp_path / "baseline"  # the encoder-fusion baseline on the same folder
+    _run([sys.executable, str(REPO / "recipes" / "baseline.py"), "--config",
+          str(REPO / "recipes" / "encoder-fusion" / "meld_text_context.yaml"), "--corpus", str(folder),
+          "--output_dir", str(baseline), "--num_train_epochs", "2"], {**env, "ERC_LLM_CACHE": str(tmp_path / "cache")})
+    base_rows = [json.loads(line) for line in (baseline / "test" / "predictions.jsonl").read_text().splitlines()]
+    assert len(base_rows) == 9 and base_rows[0]["meta"]["call_id"].startswith("c3")
+
+    assert main(["compare", str(baseline / "test"), str(sft), str(tmp_path / "label_test"), "--out",
+                 str(tmp_path / "report"), "--labels-from-run", "--bootstrap", "20", "--no-figures"]) == 0
     report = (tmp_path / "report" / "report.md").read_text()
     assert "corpus / test" in report and "happy, sad, angry, neutral" in report
+    assert all(f"| {name} |" in report for name in ("encoder-fusion", "sft", "llm:sft"))

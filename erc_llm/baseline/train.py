@@ -123,7 +123,7 @@ def predict_split(trainer: Trainer, inputs: SplitInputs, label_names: list[str])
             dialogue_id=utterance.dialogue_id, utterance_index=utterance.index, speaker=utterance.speaker,
             text=utterance.text, pred=label_names[int(row.argmax())], gold=utterance.label,
             utterance_id=utterance.utterance_id,
-            scores={label: round(float(p), 6) for label, p in zip(label_names, row)},
+            scores={label: round(float(p), 6) for label, p in zip(label_names, row)}, meta=utterance.meta or None,
         ))
     return records
 
