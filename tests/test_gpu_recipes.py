@@ -4,7 +4,8 @@
   from the PyPI-shipped Qwen2.5-Coder-0.5B-Instruct), built offline once and cached.
 * The multiproc test runs `recipes/qwen2.5-3b/sft/qlora.yaml` unchanged except the model and CPU sizes, in two
   torchrun processes (gloo): training with resume, dev selection, test labelling, merge, then vLLM labelling of
-  merged/ (and the transformers backend with the adapter, which must agree).
+  merged/ through two data-parallel vLLM engine processes (and the transformers backend with the adapter, which
+  must agree).
 * Fast unit tests: launcher refusals (FSDP, ZeRO-3), flash-attn refusal, date pinning (Llama-3.2 template),
   vLLM GPU defaults, data-parallel device groups, the resume fingerprint, `erc-llm merge`.
 """
@@ -166,7 +167,8 @@ def test_qwen_3b_recipe_two_processes_train_resume_merge_and_vllm(tiny_qwen2: Pa
     prompt_flags = ["--past_window", "8", "--max_line_chars", "300", "--use_biography", "true", "--use_history",
                     "true", "--history_window", "5", "--history_scope", "corpus", "--eval_history_source", "predicted"]
     vllm_config = tmp_path / "label_vllm.yaml"
-    vllm_config.write_text("backend: vllm\nengine_args: {max_model_len: 2048, max_num_seqs: 32}\n")
+    # Two vLLM engine processes (data_parallel_size: 2; one per GPU on a GPU box), each round's prompts shared.
+    vllm_config.write_text("backend: vllm\nengine_args: {max_model_len: 2048, max_num_seqs: 32, data_parallel_size: 2}\n")
     runs = {}
     for name, extra in (("vllm", ["--config", str(vllm_config), "--model", str(merged), *prompt_flags]),
                         ("hf", ["--model", str(tiny_qwen2), "--adapter", str(out), "--backend", "hf"])):
@@ -176,6 +178,8 @@ def test_qwen_3b_recipe_two_processes_train_resume_merge_and_vllm(tiny_qwen2: Pa
              "--max_dialogues", "2", "--output_dir", str(label_out), *extra],
             env=env, capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, proc.stderr[-6000:]
+        if name == "vllm":
+            assert proc.stderr.count("Loading safetensors checkpoint shards: 100%") == 2, proc.stderr[-3000:]
         runs[name] = {r.key: r for r in read_predictions(label_out)}
     assert runs["vllm"].keys() == runs["hf"].keys() and len(runs["vllm"]) >= 5
     diffs = [abs(runs["vllm"][k].scores[label] - runs["hf"][k].scores[label])
@@ -376,3 +380,95 @@ def test_qlora_4bit_loads_and_trains_on_cpu_with_bitsandbytes(tiny_qwen2: Path) 
     assert torch.isfinite(loss)
     moved = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p, trainable[n])]
     assert any("lora_B" in n for n in moved)  # B starts at 0 and gets the gradient first
+
+
+def test_erc_llm_merge_writes_a_bf16_folder_equal_to_the_adapter(tiny_qwen2: Path, tmp_path: Path, capsys) -> None:
+    """`erc-llm merge --adapter RUN_DIR --out DIR`: base from the run's erc_config.yaml, bf16, KV cache on, and the
+    merged model's logits equal the adapter's on its base; a folder without an adapter is one error line."""
+    import yaml
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from erc_llm.cli import main
+
+    torch.manual_seed(0)
+    run = tmp_path / "run"
+    base = AutoModelForCausalLM.from_pretrained(tiny_qwen2, dtype=torch.bfloat16)
+    lora = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False,
+                      task_type="CAUSAL_LM")
+    get_peft_model(base, lora).save_pretrained(run)
+    AutoTokenizer.from_pretrained(tiny_qwen2).save_pretrained(run)
+    (run / "erc_config.yaml").write_text(yaml.safe_dump({"model_name_or_path": str(tiny_qwen2)}))
+
+    assert main(["merge", "--adapter", str(run), "--out", str(tmp_path / "merged")]) == 0
+    merged_dir = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert merged_dir == tmp_path / "merged"
+    config = json.loads((merged_dir / "config.json").read_text())
+    assert config["use_cache"] is True and config.get("dtype", config.get("torch_dtype")) == "bfloat16"
+    assert json.loads((merged_dir / "merge_info.json").read_text())["base"] == str(tiny_qwen2)
+    assert (merged_dir / "tokenizer.json").exists() and not (merged_dir / "adapter_config.json").exists()
+
+    ids = torch.tensor([[151644, 872, 198, 9707, 151645, 198, 151644, 77091, 198]])
+    with torch.inference_mode():
+        merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32)(ids).logits
+        fresh = AutoModelForCausalLM.from_pretrained(tiny_qwen2, dtype=torch.float32)
+        adapted = PeftModel.from_pretrained(fresh, str(run))(ids).logits
+        plain = AutoModelForCausalLM.from_pretrained(tiny_qwen2, dtype=torch.float32)(ids).logits
+    assert (merged - adapted).abs().max() < 0.02 < (plain - adapted).abs().max()  # bf16 rounding only
+
+    capsys.readouterr()
+    assert main(["merge", "--adapter", str(tmp_path / "merged")]) == 2  # a merged folder is no adapter
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "adapter_config.json" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_real_qwen25_05b_short_sft_then_vllm_with_lora_request_and_merged(qwen_source: Path, data_dir: Path,
+                                                                        tmp_path: Path) -> None:
+    """The Qwen recipe on the real Qwen2.5-Coder-0.5B-Instruct (one process, two steps, top-2-layer LoRA), then
+    vLLM labels a MELD test dialogue twice: base + the adapter as a LoRARequest, and merged/. They must agree."""
+    import yaml
+
+    from erc_llm.evaluation.rundir import read_predictions
+    from erc_llm.prompting.config import PromptConfig
+
+    out = tmp_path / "run"
+    env = _env(data_dir)
+    sizes = ["--load_in_4bit", "false", "--use_cpu", "true", "--train_subsample", "8", "--max_steps", "2",
+             "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1", "--eval_steps", "2",
+             "--save_steps", "2", "--eval_subsample", "4", "--test_split", "None", "--lora_top_layers", "2",
+             "--gradient_checkpointing", "false", "--past_window", "2", "--max_length", "512",
+             "--label_score_batch_size", "8", "--disable_tqdm", "true"]
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, str(REPO / "recipes" / "sft.py"), "--config", str(QWEN_RECIPE),
+                           "--model_name_or_path", "Qwen/Qwen2.5-Coder-0.5B-Instruct", "--output_dir", str(out),
+                           *sizes], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    sft_wall = time.monotonic() - started
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-6000:]
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["train_steps"] == 2 and summary["answer_first_token_unique"]
+    assert json.loads((out / "merged" / "merge_info.json").read_text())["base"] == "Qwen/Qwen2.5-Coder-0.5B-Instruct"
+
+    saved = yaml.safe_load((out / "erc_config.yaml").read_text())
+    prompt = {f: saved[f] for f in PromptConfig.__dataclass_fields__ if f in saved}
+    runs = {}
+    for name, settings in (
+        ("lora", {"model": "Qwen/Qwen2.5-Coder-0.5B-Instruct", "adapter": str(out), "lora_mode": "lora_request"}),
+        ("merged", {"model": str(out / "merged"), **prompt}),
+    ):
+        config = tmp_path / f"{name}.yaml"
+        config.write_text(yaml.safe_dump({"backend": "vllm", "corpus": "meld", "split": "test", "max_dialogues": 1,
+                                          "output_dir": str(tmp_path / name),
+                                          "engine_args": {"max_model_len": 2048, "max_num_seqs": 16}, **settings}))
+        proc = subprocess.run([sys.executable, str(REPO / "recipes" / "label.py"), "--config", str(config)],
+                              env=env, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-6000:]
+        runs[name] = {r.key: r for r in read_predictions(tmp_path / name)}
+    assert runs["lora"].keys() == runs["merged"].keys() and runs["lora"]
+    diffs = [abs(runs["lora"][k].scores[c] - runs["merged"][k].scores[c]) for k in runs["lora"]
+             for c in runs["lora"][k].scores]
+    agree = sum(runs["lora"][k].pred == runs["merged"][k].pred for k in runs["lora"]) / len(runs["lora"])
+    print(f"Qwen2.5-Coder-0.5B: SFT {sft_wall:.0f}s; LoRARequest vs merged: max |dp| {max(diffs):.3f}, "
+          f"agreement {agree:.2f} over {len(diffs) // 7} utterances; total {time.monotonic() - started:.0f}s")
+    assert agree >= 0.8 and max(diffs) < 0.15  # bf16 merged weights vs LoRA applied at run time
