@@ -102,8 +102,21 @@ def cmd_show(args: argparse.Namespace) -> int:
     if not 0 <= args.index < len(dialogue):
         raise SystemExit(f"{dialogue.id} has {len(dialogue)} utterances (index 0..{len(dialogue) - 1})")
     predictions = read_predictions(args.predictions) if args.predictions else None
-    histories, source = split_histories(builder, dialogues, args.history, predictions)
     utt = dialogue[args.index]
+    if config.layout == "packed":
+        from erc_llm.prompting.packed import check_packed_template
+        from erc_llm.prompting.preview import packed_chat
+
+        check_packed_template(builder)
+        gold = args.split == "train" and args.history in ("auto", "gold")
+        labels = {u.key: u.label for d in dialogues for u in d if u.label} if gold else predictions
+        messages = packed_chat(builder, dialogues, dialogue, args.index, labels)
+        print(f"# {dialogue.id} [{args.index}] {utt.speaker}: packed chat up to this line; inline labels and history: "
+              f"{'gold (train)' if gold else ('predictions' if predictions else 'none given (<label>)')}",
+              file=sys.stderr)
+        print(render_chat(messages, _tokenizer(args.model)) if args.model else render_messages_plain(messages))
+        return 0
+    histories, source = split_histories(builder, dialogues, args.history, predictions)
     messages = builder.messages(dialogue, args.index, histories[utt.key] if histories is not None else None)
     print(f"# {dialogue.id} [{args.index}] {utt.speaker} (speaker id {builder.registry.primary_id(utt)}); "
           f"history: {source}", file=sys.stderr)
@@ -118,6 +131,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     from erc_llm.prompting.preview import (
         STATS_PRESETS,
         length_summary,
+        packed_token_lengths,
         preset_configs,
         prompt_token_lengths,
         split_histories,
@@ -140,14 +154,19 @@ def cmd_stats(args: argparse.Namespace) -> int:
         predictions = knn(dialogues) if knn is not None and args.split != "train" else None
         for name, config in presets.items():
             variant = with_config(builder, config)
-            histories, _ = split_histories(variant, dialogues, "auto", predictions)
-            summary = length_summary(prompt_token_lengths(variant, dialogues, tokenizer, histories))
+            if config.layout == "packed":
+                per_line, per_dialogue = packed_token_lengths(variant, dialogues, tokenizer)
+                summary = {**length_summary(per_line), "max": max(per_dialogue, default=0)}
+            else:
+                histories, _ = split_histories(variant, dialogues, "auto", predictions)
+                summary = length_summary(prompt_token_lengths(variant, dialogues, tokenizer, histories))
             rows.append({"corpus": corpus, "split": args.split, "config": name, **summary})
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     print(f"Prompt lengths in {args.model} tokens (chat template + generation prompt; "
-          f"past_window={base.past_window}, k={base.num_demonstrations}, history_window={base.history_window})\n")
+          f"past_window={base.past_window}, k={base.num_demonstrations}, history_window={base.history_window}; "
+          f"packed rows: mean = tokens per line of a dialogue's chat, max = longest dialogue chat)\n")
     print("| corpus | split | config | n | mean | p95 | max |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:

@@ -27,6 +27,11 @@ STATS_PRESETS: dict[str, dict[str, Any]] = {
     "+biography": {**_OFF, "use_biography": True},
     "+demonstrations": {**_OFF, "use_demonstrations": True},
     "all": {"use_history": True, "use_biography": True, "use_demonstrations": True},
+    # the dialogue-packed layout: "mean" is the tokens a line adds to its dialogue's chat (what training and cached
+    # labelling pay per utterance), "max" the longest whole-dialogue chat
+    "packed": {**_OFF, "layout": "packed", "template": "erc_packed.j2"},
+    "packed+history": {**_OFF, "use_history": True, "layout": "packed", "template": "erc_packed.j2"},
+    "packed+biography": {**_OFF, "use_biography": True, "layout": "packed", "template": "erc_packed.j2"},
 }
 
 
@@ -121,9 +126,9 @@ def find_dialogue(dialogues: Sequence[Dialogue], dialogue_id: str) -> Dialogue:
     raise ValueError(f"no dialogue {dialogue_id!r} in this split (ids look like: {sample}, ...)")
 
 
-def render_chat(messages: list[dict[str, str]], tokenizer: Any) -> str:
-    """The prompt as the model sees it: the tokenizer's chat template with the generation prompt."""
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+def render_chat(messages: list[dict[str, str]], tokenizer: Any, add_generation_prompt: bool = True) -> str:
+    """The prompt as the model sees it: the tokenizer's chat template (with the generation prompt)."""
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
 def render_messages_plain(messages: list[dict[str, str]]) -> str:
@@ -141,6 +146,44 @@ def prompt_token_lengths(builder: PromptBuilder, dialogues: Sequence[Dialogue], 
             text = render_chat(builder.messages(dialogue, utt.index, history), tokenizer)
             lengths.append(len(tokenizer(text, add_special_tokens=False)["input_ids"]))
     return lengths
+
+
+def packed_chat(builder: PromptBuilder, dialogues: Sequence[Dialogue], dialogue: Dialogue, upto: int,
+                labels: Mapping[tuple[str, int], str] | None) -> list[dict[str, str]]:
+    """The packed-layout chat that labels line `upto`: inline labels and header history from `labels` (gold on
+    train, predictions on dev/test; a line without one shows `<label>`)."""
+    from erc_llm.prompting.packed import dialogue_start_keys, packed_messages, scene_history
+
+    labels = labels or {}
+    tracker = None
+    if builder.config.use_history:
+        keys = chronological_keys(dialogues)
+        tracker = EmotionHistory("corpus")
+        for d in dialogues:
+            for utt in d.utterances:
+                if utt.key in labels:
+                    tracker.add(history_key(builder.registry, utt), d.id, keys[utt.key], labels[utt.key], utt.index)
+    history = scene_history(builder, dialogue, tracker, dialogue_start_keys(dialogues)[dialogue.id])
+    inline = [labels.get(u.key, "<label>") for u in dialogue.utterances[:upto]]
+    return packed_messages(builder, dialogue, 0, upto + 1, inline, history)
+
+
+def packed_token_lengths(builder: PromptBuilder, dialogues: Sequence[Dialogue], tokenizer: Any) -> tuple[list[int], list[int]]:
+    """(tokens each line adds to its dialogue's packed chat, whole-dialogue chat lengths); history shows no labels."""
+    from erc_llm.prompting.packed import packed_messages, scene_history
+
+    per_line, per_dialogue = [], []
+    for dialogue in dialogues:
+        if not dialogue.utterances:
+            continue
+        history = scene_history(builder, dialogue, None, ())
+        labels = [builder.label_set.labels[0]] * len(dialogue)
+        text = render_chat(packed_messages(builder, dialogue, 0, len(dialogue), labels, history), tokenizer,
+                           add_generation_prompt=False)
+        n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        per_dialogue.append(n)
+        per_line.extend([n / len(dialogue)] * len(dialogue))
+    return per_line, per_dialogue
 
 
 def length_summary(lengths: Sequence[int]) -> dict[str, float]:
