@@ -21,6 +21,7 @@ from erc_llm.baseline import (
     run_extra,
     save_run,
 )
+from erc_llm.data.cli import guarded_main
 
 
 def main() -> None:
@@ -42,4 +43,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    guarded_main(main)  # wrong input: one `error:` line, exit 2

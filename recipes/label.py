@@ -9,6 +9,7 @@ The engine is created inside main(), which runs under `if __name__ == "__main__"
 import shlex
 import sys
 
+from erc_llm.data.cli import guarded_main
 from erc_llm.labelling.cli import parse_label_config
 from erc_llm.labelling.run import run_labelling
 
@@ -20,4 +21,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    guarded_main(main)  # wrong input: one `error:` line, exit 2

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from transformers import set_seed
 
+from erc_llm.data.cli import guarded_main
 from erc_llm.models import resolve_model
 from erc_llm.training.config import parse_sft_args
 from erc_llm.training.run import (
@@ -121,4 +122,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    guarded_main(main)  # wrong input: one `error:` line, exit 2

@@ -71,3 +71,32 @@ def test_demo_without_data_says_where_to_put_it(bad):
     errors = [line for line in result.stderr.splitlines() if "error:" in line]
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert len(errors) == 1 and "ERC_LLM_DATA_DIR" in errors[0] and str(bad["empty"]) in errors[0]
+
+
+RECIPE_CASES = {
+    "sft on one file as train, dev and test": (
+        ["sft.py", "--config", "{repo}/recipes/smollm2-135m/sft/smoke.yaml", "--corpus", "{nolabels}",
+         "--output_dir", "{root}/sft"], "would both read"),
+    "sft unknown label set": (
+        ["sft.py", "--config", "{repo}/recipes/smollm2-135m/sft/smoke.yaml", "--labels", "plutchik",
+         "--output_dir", "{root}/sft"], "unknown label set 'plutchik'"),
+    "baseline broken JSONL": (
+        ["baseline.py", "--config", "{repo}/recipes/encoder-fusion/demo_meld.yaml", "--corpus", "{broken}",
+         "--output_dir", "{root}/base"], "broken.jsonl, line 2: invalid JSON"),
+    "label recipe non-UTF-8 CSV": (
+        ["label.py", "--backend", "hf", "--corpus", "{latin1}", "--labels", "meld"], "row 1 (line 2): not valid UTF-8"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RECIPE_CASES))
+def test_recipes_report_wrong_input_in_one_line(case, bad):
+    repo = Path(__file__).resolve().parents[1]
+    args, expected = RECIPE_CASES[case]
+    args = [a.format(repo=repo, **{k: str(v) for k, v in bad.items()}) for a in args]
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    environment.pop("ERC_LLM_DEBUG", None)
+    result = subprocess.run([sys.executable, str(repo / "recipes" / args[0]), *args[1:]], capture_output=True,
+                            text=True, timeout=300, env=environment)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert len(errors) == 1 and expected in errors[0], result.stderr[-2000:]

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from erc_llm.data.corpora import CORPORA
@@ -198,8 +199,14 @@ def run_guarded(func, args: argparse.Namespace) -> int:
         return func(args)
     except (DataFormatError, PrepareError, ValueError, KeyError, FileNotFoundError, IsADirectoryError,
             NotADirectoryError, PermissionError) as exc:
-        print(f"error: {one_line(exc)}", file=sys.stderr)
+        hint = " (ERC_LLM_DEBUG=1 shows where)" if type(exc) in (ValueError, KeyError) else ""
+        print(f"error: {one_line(exc)}{hint}", file=sys.stderr)
         return 2
+
+
+def guarded_main(main: Callable[[], object]) -> None:
+    """Run a recipe's `main()` as `run_guarded` runs a command: wrong input is one error line and exit 2."""
+    sys.exit(run_guarded(lambda _args: main() or 0, argparse.Namespace()))
 
 
 def one_line(exc: BaseException) -> str:
