@@ -60,4 +60,4 @@ def test_cli_speakers_and_export(data_dir, tmp_path, capsys):
     assert [line.split("\t")[1] for line in lines] == ["monica_geller", "monica_geller"]
     assert main(["data", "export", "meld", "--split", "dev", "--format", "jsonl", "--out", str(tmp_path / "x"),
                  "--data-dir", str(data_dir)]) == 0
-    assert (tmp_path / "x" / "dev.jsonl").read_text().count("\n") == 114
+    assert (tmp_path / "x" / "dev.jsonl").read_text().count("\n") == 1 + 114  # {"labels": [...]} + dialogues

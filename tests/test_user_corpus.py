@@ -96,6 +96,24 @@ def test_meld_style_csv_file_with_sibling_splits_and_extra_columns(tmp_path, dat
     assert load_split(str(tmp_path / "release" / "dev_sent_emo.csv"), "dev").n_utterances == 30
 
 
+def test_export_to_jsonl_declares_labels_and_keeps_meta(tmp_path, data_dir, capsys):
+    from erc_llm.cli import main
+
+    (tmp_path / "release").mkdir()
+    rows = meld_rows(data_dir, "dev", 12)
+    rows = [rows[0] + ",Clip"] + [f"{row},c{i}.mp4" for i, row in enumerate(rows[1:])]
+    (tmp_path / "release" / "dev.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    assert main(["data", "export", str(tmp_path / "release" / "dev.csv"), "--format", "jsonl", "--labels", "meld",
+                 "--out", str(tmp_path / "out")]) == 0
+    assert json.loads((tmp_path / "out" / "dev.jsonl").read_text().splitlines()[0]) == {"labels": list(
+        resolve_labels("meld").labels)}
+    again = resolve_source(tmp_path / "out")
+    assert again.label_set.labels == resolve_labels("meld").labels
+    assert again.load("dev").dialogues[0][0].meta["Clip"] == "c0.mp4"
+    assert main(["data", "validate", str(tmp_path / "out")]) == 0
+    assert "0 invalid row(s)" in capsys.readouterr().out
+
+
 def test_folder_of_split_files_and_declared_labels(tmp_path):
     folder = synthetic_corpus(tmp_path)
     source = resolve_source(folder)

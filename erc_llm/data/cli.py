@@ -143,7 +143,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     """Export splits to a DatasetDict folder or JSONL files."""
     source = resolve_source(args.corpus, labels=args.labels, data_dir=args.data_dir)
-    _, loads = load_all(source, args.split)
+    label_set, loads = load_all(source, args.split)
     out = Path(args.out)
     if args.format == "hf":
         from erc_llm.data.hf import to_dataset_dict
@@ -154,7 +154,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
         out.mkdir(parents=True, exist_ok=True)
         for split, loaded in loads.items():
-            write_jsonl(loaded.dialogues, out / f"{split}.jsonl")
+            write_jsonl(loaded.dialogues, out / f"{split}.jsonl", labels=label_set.labels)  # declares its labels
     print(out)
     return 0
 

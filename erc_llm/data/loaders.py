@@ -503,11 +503,12 @@ def _optional_float(value: Any) -> float | None:
     raise ValueError(f"expected a number of seconds, got {value!r}")
 
 
-def write_jsonl(dialogues: Iterable[Dialogue], path: str | Path) -> None:
-    """Write dialogues in the user JSONL format (the inverse of `load_jsonl`), atomically."""
+def write_jsonl(dialogues: Iterable[Dialogue], path: str | Path, labels: Iterable[str] | None = None) -> None:
+    """Write dialogues in the user JSONL format (the inverse of `load_jsonl`), atomically; `labels` adds the
+    declaring first line `{"labels": [...]}`."""
     from erc_llm.io import atomic_write_text
 
-    lines = []
+    lines = [] if labels is None else [json.dumps({"labels": list(labels)}, ensure_ascii=False)]
     for dialogue in dialogues:
         utts = []
         for utt in dialogue.utterances:
