@@ -152,7 +152,9 @@ class ERCSFTConfig(SFTConfig):
         default=0.0, metadata={"help": "Minimum dev metric gain that counts as an improvement."}
     )
     merge_adapter: bool = field(
-        default=False, metadata={"help": "Also save the LoRA-merged full model to <output_dir>/merged (for vLLM)."}
+        default=False,
+        metadata={"help": "After test labelling, merge the saved adapter into a freshly loaded bf16 base on the CPU: "
+                          "<output_dir>/merged for vLLM without PEFT (what `erc-llm merge --adapter` does)."},
     )
     calibrate_label_bias: bool = field(
         default=False,
