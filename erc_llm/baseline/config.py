@@ -48,6 +48,11 @@ class BaselineDataConfig:
     data_dir: str | None = field(
         default=None, metadata={"help": "Corpus folder; default $ERC_LLM_DATA_DIR or ~/.cache/erc_llm/data."}
     )
+    labels: str | None = field(
+        default=None,
+        metadata={"help": "Label set: meld, emorynlp, iemocap, a list a,b,c or a labels file (default: the one the "
+                          "data declares, else fitted to the training labels)."},
+    )
     train_split: str = field(default="train", metadata={"help": "Split used for training."})
     eval_split: str = field(default="dev", metadata={"help": "Split used for early stopping / model selection."})
     test_split: str | None = field(default="test", metadata={"help": "Split scored after training (null: none)."})

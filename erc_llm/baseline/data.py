@@ -94,7 +94,8 @@ def _load_role_split(config: BaselineDataConfig, role: str, label_set: LabelSet 
     if split is None:
         return None
     own_file = {"eval": config.eval_file, "test": config.test_file}.get(role)
-    source = resolve_source(own_file or config.corpus, data_dir=config.data_dir)
+    source = resolve_source(own_file or config.corpus, labels=None if own_file else config.labels,
+                            data_dir=config.data_dir)
     if not (own_file or role == "train" or source.has_split(split)):
         if role == "test":
             return None
@@ -110,7 +111,7 @@ def _load_role_split(config: BaselineDataConfig, role: str, label_set: LabelSet 
 def corpus_label_set(config: BaselineDataConfig, train: LoadedSplit) -> LabelSet:
     """The label set the corpus or data declares, else the one the training labels fit."""
     try:
-        return resolve_source(config.corpus, data_dir=config.data_dir).label_set_for(train)
+        return resolve_source(config.corpus, labels=config.labels, data_dir=config.data_dir).label_set_for(train)
     except DataSourceError as exc:
         raise BaselineConfigError(str(exc)) from None
 
