@@ -15,7 +15,9 @@ BACKENDS = ("vllm", "hf", "endpoint")
 class LabelConfig(PromptConfig):
     """Label every utterance of some dialogues with a (fine-tuned) LLM.
 
-    Input is a corpus split (`corpus: meld`, `split: test`) or a user JSONL file (`corpus: path/to.jsonl`).
+    Input is any data name (`erc_llm.data.sources`): a corpus split (`corpus: meld`, `split: test`), a MELD- or
+    EmoryNLP-style CSV, a JSONL file or a folder of split files. The label set is `labels`, else the one the
+    adapter was trained on, else the one the data declares.
     The prompt settings are inherited fields; when `adapter` is an SFT output folder that saved its
     `erc_config.yaml`, its prompt and retrieval settings are used instead (`prompt_from_adapter`), so labelling prompts match
     training prompts. Output goes to `output_dir` (predictions.jsonl, metrics.json when gold labels exist);
@@ -42,15 +44,22 @@ class LabelConfig(PromptConfig):
         default=None,
         metadata={"help": "Extra vllm.LLM arguments, e.g. {max_model_len: 2048, tensor_parallel_size: 2}."},
     )
-    corpus: str = field(default="meld", metadata={"help": "Corpus name (meld, emorynlp, ...) or a .jsonl file."})
-    split: str = field(default="test", metadata={"help": "Split of the corpus to label."})
+    corpus: str = field(
+        default="meld",
+        metadata={"help": "Corpus name (meld, emorynlp, ...), a MELD/EmoryNLP-style .csv, a .jsonl file or a folder "
+                          "of train/dev/test files."},
+    )
+    split: str = field(default="test", metadata={"help": "Split to label (a file without a split word is labelled "
+                                                         "whole, under this split name)."})
     labels: str | None = field(
-        default=None, metadata={"help": "Label set for a JSONL input (meld or emorynlp); corpora know theirs."}
+        default=None,
+        metadata={"help": "Label set: meld, emorynlp, iemocap, a list a,b,c or a labels file (default: the adapter's, "
+                          "else the one the data declares)."},
     )
     reference_corpus: str | None = field(
         default=None,
         metadata={"help": "Corpus whose train split gives speakers, biographies and demonstrations "
-                          "(default: the input corpus, or the label set's corpus for JSONL)."},
+                          "(default: the input when it has a train split, else the adapter's training corpus)."},
     )
     data_dir: str | None = field(default=None, metadata={"help": "Corpus folder (default $ERC_LLM_DATA_DIR)."})
     index_dir: str | None = field(default=None, metadata={"help": "Where biography/demonstration indices live."})
@@ -70,7 +79,5 @@ class LabelConfig(PromptConfig):
             self.engine_args = json.loads(self.engine_args)
         if self.engine_args is not None and not isinstance(self.engine_args, dict):
             raise ValueError("engine_args must be a mapping")
-        if self.corpus.endswith(".jsonl") and not self.labels:
-            raise ValueError("a JSONL input needs `labels` (meld or emorynlp) to know the label set")
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
