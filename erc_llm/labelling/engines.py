@@ -396,6 +396,10 @@ class DataParallelEngine:
             self.procs.append(proc)
         for rank, conn in enumerate(self.conns):
             self._answer(rank, conn)
+        import sys
+
+        where = ", ".join("GPU " + ",".join(g) for g in groups) if gpus else "the CPU"
+        print(f"data-parallel vLLM: {self.size} engines ready ({where})", file=sys.stderr, flush=True)
 
     def _answer(self, rank: int, conn):
         """A worker's reply (its traceback raised as an error naming the worker)."""
