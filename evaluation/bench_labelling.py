@@ -74,7 +74,7 @@ def label_packed(dialogues, builder, engine) -> dict:
 def packed_prompt_tokens(tokenizer, builder, dialogues) -> int:
     """Tokens of every step's whole chat-templated prompt (what the model would read without any prefix reuse)."""
     from erc_llm.prompting.packed import packed_messages
-    from erc_llm.training.data import chat_prompt_ids
+    from erc_llm.prompting.templates import chat_prompt_ids
 
     total = 0
     for d in dialogues:

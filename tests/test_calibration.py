@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from erc_llm.evaluation.rundir import PredictionRecord
-from erc_llm.training.calibration import choose_label_bias, dialogue_halves, heldout_label_bias_gain
+from erc_llm.labelling.bias import choose_label_bias, dialogue_halves, heldout_label_bias_gain
 
 LABELS = ["neutral", "joy", "fear"]
 
@@ -48,7 +48,7 @@ def test_dialogue_halves_keep_dialogues_whole():
 
 
 def test_a_bias_that_holds_out_is_applied(caplog):
-    with caplog.at_level(logging.INFO, logger="erc_llm.training.calibration"):
+    with caplog.at_level(logging.INFO, logger="erc_llm.labelling.bias"):
         bias, entries = choose_label_bias(skewed_everywhere(), LABELS)
     assert entries["dev_metric_after_bias"] > entries["dev_metric_before_bias"]
     assert entries["label_bias_heldout_gain"] > 0 and entries["label_bias_applied"] is True
@@ -60,7 +60,7 @@ def test_a_bias_that_holds_out_is_applied(caplog):
 
 
 def test_a_bias_that_only_fits_its_own_data_is_not_applied(caplog):
-    with caplog.at_level(logging.INFO, logger="erc_llm.training.calibration"):
+    with caplog.at_level(logging.INFO, logger="erc_llm.labelling.bias"):
         bias, entries = choose_label_bias(halves_disagree(), LABELS)
     # Same-data dev gain: optimistic; the held-out gain says the bias hurts unseen dialogues.
     assert entries["dev_metric_after_bias"] > entries["dev_metric_before_bias"]

@@ -9,12 +9,14 @@ import pytest
 import torch
 
 from erc_llm.data import load_split
-from erc_llm.labelling.packed import HFPackedScorer, label_dialogues_packed
+from erc_llm.labelling.packed import label_dialogues_packed
+from erc_llm.labelling.scorers import HFPackedScorer
 from erc_llm.prompting import PromptConfig
 from erc_llm.prompting.answer import label_tokens
 from erc_llm.prompting.dataset import build_prompt_builder
 from erc_llm.prompting.packed import packed_messages
-from erc_llm.training.data import IGNORE_INDEX, chat_ids, chat_prompt_ids, class_weights
+from erc_llm.prompting.templates import chat_ids, chat_prompt_ids
+from erc_llm.training.data import IGNORE_INDEX, class_weights
 from erc_llm.training.packed import build_packed_train_dataset
 
 PACKED = PromptConfig(template="erc_packed.j2", layout="packed", use_history=True, history_window=3)
@@ -181,3 +183,74 @@ class _Plain:
 
     def score(self, prompts):
         return self.scorer.score(prompts)
+
+
+class PromptHashScorer:
+    """A deterministic stand-in whose answer depends on every character of the prompt (so any difference in the
+    history or inline labels a prompt shows changes the labels that follow)."""
+
+    def __init__(self, labels) -> None:
+        self.labels = tuple(labels)
+
+    def score(self, prompts):
+        import hashlib
+
+        out = []
+        for prompt in prompts:
+            text = "\n".join(m["content"] for m in prompt)
+            pick = int(hashlib.sha256(text.encode()).hexdigest(), 16) % len(self.labels)
+            out.append({label: float(i == pick) for i, label in enumerate(self.labels)})
+        return out
+
+
+def test_dependency_waves_label_exactly_like_one_dialogue_at_a_time(meld, monkeypatch):
+    import erc_llm.labelling.packed as packed
+
+    builder, _, test = meld
+    dialogues = test[:40]
+    waves = packed.dependency_waves(builder, packed.chronological_order(dialogues), linked=True)
+    assert len(waves) < len(dialogues)  # some dialogues share no speaker with their predecessors
+    together = label_dialogues_packed(dialogues, builder, PromptHashScorer(builder.label_set.labels), progress=False)
+    monkeypatch.setattr(packed, "dependency_waves", lambda b, ordered, linked: [[d] for d in ordered])
+    one_by_one = label_dialogues_packed(dialogues, builder, PromptHashScorer(builder.label_set.labels),
+                                        progress=False)
+    assert {i.example.key: i.pred for i in together} == {i.example.key: i.pred for i in one_by_one}
+
+
+@pytest.mark.parametrize("layout", ["packed", "per_utterance"])
+def test_sharded_chained_labelling_equals_one_process(meld, layout):
+    """Two 'processes' (threads with an all-gather after each wave/round) label exactly like one process."""
+    import threading
+
+    from erc_llm.labelling.loop import label_dialogues
+    from erc_llm.prompting.dataset import build_prompt_builder
+
+    builder, _, test = meld
+    if layout == "per_utterance":
+        builder = build_prompt_builder(PromptConfig(use_history=True, history_window=3), "meld")
+    run = label_dialogues_packed if layout == "packed" else label_dialogues
+    dialogues = test[:30]
+    single = run(dialogues, builder, PromptHashScorer(builder.label_set.labels), progress=False)
+    barrier, slots, outputs = threading.Barrier(2), [None, None], [None, None]
+
+    def exchange_for(rank):
+        def exchange(items):
+            slots[rank] = items
+            barrier.wait()
+            everyone = [item for part in slots for item in part]
+            barrier.wait()
+            return everyone
+        return exchange
+
+    def worker(rank):
+        outputs[rank] = run(dialogues, builder, PromptHashScorer(builder.label_set.labels), progress=False,
+                            shard=(rank, 2), exchange=exchange_for(rank))
+
+    threads = [threading.Thread(target=worker, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    expected = {i.example.key: i.pred for i in single}
+    for out in outputs:
+        assert {i.example.key: i.pred for i in out} == expected

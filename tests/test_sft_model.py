@@ -45,7 +45,7 @@ def _naive_sequence_logprob(model, prompt: list[int], seq: tuple[int, ...]) -> f
 
 
 def test_label_scorer_matches_naive_computation(lm, examples) -> None:
-    from erc_llm.training.scoring import HFLabelScorer
+    from erc_llm.labelling.scorers import HFLabelScorer
 
     model, tokenizer = lm
     labels = list(MELD_LABELS.labels)

@@ -123,7 +123,7 @@ def test_config_validation_names_the_field() -> None:
 
 def test_label_bias_fitted_on_dev_improves_a_skewed_scorer() -> None:
     from erc_llm.evaluation.rundir import PredictionRecord
-    from erc_llm.training.calibration import fit_label_bias
+    from erc_llm.labelling.bias import fit_label_bias
 
     labels = ["neutral", "joy", "fear"]
     records = []

@@ -226,12 +226,12 @@ def test_custom_label_set_through_prompts_scoring_weights_and_metrics(tmp_path):
 
     from erc_llm.data import SpeakerRegistry
     from erc_llm.evaluation.metrics import compute_metrics
+    from erc_llm.labelling.scorers import HFLabelScorer
     from erc_llm.models import resolve_model
     from erc_llm.prompting.answer import label_tokens
     from erc_llm.prompting.builder import PromptBuilder
     from erc_llm.prompting.config import PromptConfig
     from erc_llm.training.data import class_weights
-    from erc_llm.training.scoring import HFLabelScorer
 
     # "fear" and "frustrated" share SmolLM2's first token: scoring must fall back to whole label sequences
     labels = LabelSet.from_labels("mine", ["happy", "sad", "fear", "frustrated"])

@@ -2,7 +2,7 @@
 
 A fine-tuned small model's label probabilities are skewed by the training class mix (or by class weighting the
 other way). `fit_label_bias` searches offsets b (coordinate ascent on a grid, a few sweeps) so that
-argmax_label(log p + b) maximises the dev metric; `HFLabelScorer(label_bias=b)` then applies them when labelling
+argmax_label(log p + b) maximises the dev metric; `BiasedScorer(scorer, b)` then applies them when labelling
 test data. Only dev predictions are used, never test labels.
 
 Fitted and scored on the same dev utterances, the dev gain is optimistic (seven free offsets tuned to ~1,100
@@ -14,6 +14,7 @@ held-out gain is positive; the recipes keep `calibrate_label_bias` off.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -134,3 +135,33 @@ def choose_label_bias(records: Sequence[PredictionRecord], labels: Sequence[str]
         "applied at test" if applied else "NOT applied (held-out gain not positive)",
     )
     return (fitted if applied else None), entries
+
+
+class BiasedScorer:
+    """Adds fixed per-label log-probability offsets to a scorer's probabilities and renormalises."""
+
+    def __init__(self, scorer, bias: dict[str, float]) -> None:
+        self.scorer = scorer
+        self.bias = bias
+
+    def score(self, prompts):
+        """Biased per-label probabilities."""
+        return self._biased(self.scorer.score(prompts))
+
+    def __getattr__(self, name):
+        """Stream methods of a packed scorer (score_streams is wrapped, end_streams passes through)."""
+        if name == "score_streams" and hasattr(self.scorer, "score_streams"):
+            return lambda items: self._biased(self.scorer.score_streams(items))
+        if name == "end_streams" and hasattr(self.scorer, "end_streams"):
+            return self.scorer.end_streams
+        raise AttributeError(name)
+
+    def _biased(self, all_probs):
+        out = []
+        for probs in all_probs:
+            logits = {k: math.log(max(v, 1e-12)) + self.bias.get(k, 0.0) for k, v in probs.items()}
+            top = max(logits.values())
+            weights = {k: math.exp(v - top) for k, v in logits.items()}
+            total = sum(weights.values())
+            out.append({k: w / total for k, w in weights.items()})
+        return out

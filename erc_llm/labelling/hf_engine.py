@@ -19,8 +19,8 @@ class HFEngine:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from erc_llm.labelling.scorers import HFLabelScorer
         from erc_llm.models import resolve_model
-        from erc_llm.training.scoring import HFLabelScorer
 
         path = resolve_model(model)
         self.labels = tuple(labels)
@@ -40,7 +40,7 @@ class HFEngine:
     def score_streams(self, items: Sequence[tuple[str, Messages]]) -> list[dict[str, float]]:
         """Packed layout: per-label probabilities with one kept KV cache per dialogue (`HFPackedScorer`)."""
         if getattr(self, "_packed", None) is None:
-            from erc_llm.labelling.packed import HFPackedScorer
+            from erc_llm.labelling.scorers import HFPackedScorer
 
             self._packed = HFPackedScorer(self.model, self.tokenizer, self.labels)
         return self._packed.score_streams(items)

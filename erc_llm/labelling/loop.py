@@ -43,12 +43,19 @@ def label_dialogues(
     done: Mapping[tuple[str, int], str] | None = None,
     on_batch: Callable[[list[Labelled]], None] | None = None,
     progress: bool = True,
+    shard: tuple[int, int] = (0, 1),
+    exchange: Callable[[list[Labelled]], list[Labelled]] | None = None,
 ) -> list[Labelled]:
     """Label all utterances not already in `done` ({key: predicted label}, e.g. from a resumed run).
 
     Predictions in `done` feed the history exactly like fresh ones, so a resumed run builds the same prompts.
-    `on_batch` is called after each scored batch (for incremental, atomic output).
+    `on_batch` is called after each scored batch (for incremental, atomic output). Several processes:
+    `shard=(rank, world)` gives each every world-th target of a round and `exchange` (an all-gather) shares the
+    round's predictions, so every process keeps the same history and returns all items.
     """
+    rank, world = shard
+    if world > 1 and exchange is None:
+        raise ValueError("labelling sharded over processes needs an `exchange` (all-gather) after each round")
     cfg = builder.config
     done = dict(done or {})
     keys = chronological_keys(dialogues)
@@ -68,7 +75,9 @@ def label_dialogues(
     total = sum(len(r) for r in rounds)
     results: list[Labelled] = []
     bar = tqdm(total=total, desc="labelling", unit="utt", disable=not progress)
-    for targets in rounds:
+    for all_targets in rounds:
+        targets = all_targets[rank::world]
+        before = len(results)
         for start in range(0, len(targets), batch_size):
             batch = targets[start:start + batch_size]
             examples = []
@@ -87,9 +96,63 @@ def label_dialogues(
             if on_batch is not None:
                 on_batch(labelled)
             bar.update(len(batch))
+        if exchange is not None:
+            mine = results[before:]
+            del results[before:]
+            results.extend(exchange(mine))
         if tracker is not None:
-            for item in results[len(results) - len(targets):]:
+            for item in results[before:]:
                 dialogue, utt = by_key[item.example.key]
                 tracker.add(history_key(builder.registry, utt), dialogue.id, keys[utt.key], item.pred, utt.index)
     bar.close()
     return results
+
+
+def _world() -> tuple[int, int]:
+    """(rank, world size) of the default process group, (0, 1) without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_gather(items: list[Labelled]) -> list[Labelled]:
+    """Every process's items (in rank order)."""
+    import torch.distributed as dist
+
+    gathered: list[list[Labelled] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, items)
+    return [item for part in gathered for item in (part or [])]
+
+
+def label_split(
+    dialogues: Sequence[Dialogue], builder: PromptBuilder, scorer: LabelScorer, batch_size: int = 64,
+    progress: bool = True,
+) -> list[Labelled]:
+    """Label a split in either prompt layout, in this process or shared over the training processes.
+
+    Independent targets (no predicted history, or dialogue-scope history) are sharded by dialogue and gathered once;
+    chained ones (corpus-scope predicted history) are sharded inside each round (per-utterance layout) or each
+    dependency wave (packed layout) and exchanged after it, so every process labels a share and all processes see
+    the same history, prompts and predictions as one process would. Every process returns all items.
+    """
+    from erc_llm.labelling.packed import label_dialogues_packed
+
+    rank, world = _world()
+    cfg = builder.config
+    chained = cfg.needs_rounds and cfg.history_scope == "corpus"
+    show = progress and rank == 0
+    if world > 1 and chained:
+        kwargs = {"shard": (rank, world), "exchange": _all_gather, "progress": show}
+        mine = dialogues
+    else:
+        kwargs = {"progress": show}
+        mine = [d for i, d in enumerate(dialogues) if i % world == rank]
+    if cfg.layout == "packed":
+        labelled = label_dialogues_packed(mine, builder, scorer, **kwargs)
+    else:
+        labelled = label_dialogues(mine, builder, scorer, batch_size=batch_size, **kwargs)
+    if world > 1 and not chained:
+        labelled = _all_gather(labelled)
+    return sorted(labelled, key=lambda item: item.example.key)

@@ -6,7 +6,6 @@ import csv
 import dataclasses
 import hashlib
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ from erc_llm.data.sources import DataSource, DataSourceError, resolve_source
 from erc_llm.evaluation.metrics import compute_metrics
 from erc_llm.evaluation.rundir import PredictionRecord, write_metrics, write_predictions
 from erc_llm.io import atomic_open
+from erc_llm.labelling.bias import BiasedScorer
 from erc_llm.labelling.config import LabelConfig
 from erc_llm.labelling.loop import Labelled, label_dialogues
 from erc_llm.labelling.writer import ResumableWriter
@@ -48,36 +48,6 @@ def adapter_label_bias(cfg: LabelConfig) -> dict[str, float] | None:
     if summary is None or not summary.exists():
         return None
     return json.loads(summary.read_text()).get("label_bias") or None
-
-
-class BiasedScorer:
-    """Adds fixed per-label log-probability offsets to a scorer's probabilities and renormalises."""
-
-    def __init__(self, scorer, bias: dict[str, float]) -> None:
-        self.scorer = scorer
-        self.bias = bias
-
-    def score(self, prompts):
-        """Biased per-label probabilities."""
-        return self._biased(self.scorer.score(prompts))
-
-    def __getattr__(self, name):
-        """Stream methods of a packed scorer (score_streams is wrapped, end_streams passes through)."""
-        if name == "score_streams" and hasattr(self.scorer, "score_streams"):
-            return lambda items: self._biased(self.scorer.score_streams(items))
-        if name == "end_streams" and hasattr(self.scorer, "end_streams"):
-            return self.scorer.end_streams
-        raise AttributeError(name)
-
-    def _biased(self, all_probs):
-        out = []
-        for probs in all_probs:
-            logits = {k: math.log(max(v, 1e-12)) + self.bias.get(k, 0.0) for k, v in probs.items()}
-            top = max(logits.values())
-            weights = {k: math.exp(v - top) for k, v in logits.items()}
-            total = sum(weights.values())
-            out.append({k: w / total for k, w in weights.items()})
-        return out
 
 
 def _file_digest(folder: str | None) -> str | None:

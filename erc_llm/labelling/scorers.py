@@ -1,12 +1,17 @@
-"""Constrained label scoring with a transformers model: no free generation, one probability per label.
+"""Label scorers over a transformers model (the `hf` labelling backend and the SFT dev/test evaluation).
+
+`HFLabelScorer` scores independent prompts in batches; `HFPackedScorer` scores the steps of packed dialogue chats
+and keeps one KV cache per dialogue. Both give one probability per label (no free generation). A dev-fitted label
+bias is applied by wrapping either in `erc_llm.labelling.bias.BiasedScorer`.
+
+HFLabelScorer:
 
 A batch of prompts (chat-templated, sorted by length) goes through the model once: the token prefix all prompts
 share (system message, label list) is encoded once and its KV cache repeated over the batch, the rest is
 left-padded after it (padding masked out). The logits at the answer position, restricted to the labels' first tokens, give a softmax over the labels. When two labels
 share their first token, each label's whole token sequence is scored instead, continuing from the prompt's KV
 cache (one extra pass per label with more than one token), and the label log-probabilities are normalised.
-Optional per-label log-probability offsets (`label_bias`, fitted on dev by `erc_llm.training.calibration`) are
-added before the softmax. `HFLabelScorer` is a `erc_llm.labelling.loop.LabelScorer`.
+`HFLabelScorer` is a `erc_llm.labelling.loop.LabelScorer`.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from collections.abc import Sequence
 import torch
 
 from erc_llm.prompting.answer import LabelTokens, label_tokens
-from erc_llm.training.data import chat_prompt_ids
+from erc_llm.prompting.templates import chat_prompt_ids
 
 
 class HFLabelScorer:
@@ -27,7 +32,7 @@ class HFLabelScorer:
     def __init__(
         self, model, tokenizer, labels: Sequence[str], batch_size: int = 32, max_length: int | None = None,
         autocast_dtype: torch.dtype | None = None, full_sequence: bool | None = None, prefix_cache: bool = True,
-        min_prefix: int = 16, label_bias: dict[str, float] | None = None,
+        min_prefix: int = 16,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -42,7 +47,6 @@ class HFLabelScorer:
         self.prefix_cache = prefix_cache
         self.min_prefix = min_prefix
         self.prompt_tokens = 0
-        self.label_bias = label_bias
 
     @property
     def device(self) -> torch.device:
@@ -121,9 +125,6 @@ class HFLabelScorer:
             scores = first[:, self.answer.first_ids]
         else:
             scores = self._sequence_scores(first, out.past_key_values, mask, positions[:, -1])
-        if self.label_bias:
-            scores = scores + torch.tensor([self.label_bias.get(label, 0.0) for label in self.labels],
-                                           device=scores.device)
         return torch.softmax(scores, dim=-1)
 
     def _sequence_scores(self, first: torch.Tensor, cache, mask: torch.Tensor, last_pos: torch.Tensor) -> torch.Tensor:
@@ -141,4 +142,102 @@ class HFLabelScorer:
             logp = torch.log_softmax(cont.logits.float(), dim=-1)
             targets = torch.tensor(seq[1:], device=self.device)
             scores[:, j] += logp[:, torch.arange(len(seq) - 1), targets].sum(-1)
+        return scores
+
+
+Messages = list[dict[str, str]]
+
+
+class HFPackedScorer:
+    """Label scoring with a transformers model that keeps one KV cache per dialogue ("stream").
+
+    A step's prompt must extend the stream's previous prompt (the packed layout guarantees it); only the new
+    tokens are run. Per-label probabilities as in `erc_llm.labelling.scorers.HFLabelScorer`: softmax over the
+    labels' first-token log-probabilities, or over whole-label log-probabilities when first tokens collide.
+    """
+
+    def __init__(self, model, tokenizer, labels: Sequence[str], autocast_dtype: torch.dtype | None = None) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.labels = list(labels)
+        self.answer = label_tokens(tokenizer, self.labels)
+        self.autocast_dtype = autocast_dtype
+        self.streams: dict[str, tuple[list[int], object]] = {}
+        self.prompt_tokens = 0  # tokens actually run through the model
+        self.cached_tokens = 0  # prompt tokens served from a kept cache
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    @contextlib.contextmanager
+    def _inference(self):
+        """Eval mode, no grad; frozen bf16 CPU weights flagged trainable meanwhile (their frozen matmul path is
+        several times slower in this torch build, see `HFLabelScorer.score`)."""
+        was_training = self.model.training
+        self.model.eval()
+        frozen = [p for p in self.model.parameters() if not p.requires_grad] if self.device.type == "cpu" else []
+        for param in frozen:
+            param.requires_grad_(True)
+        try:
+            with torch.inference_mode(), self._autocast():
+                yield
+        finally:
+            for param in frozen:
+                param.requires_grad_(False)
+            if was_training:
+                self.model.train()
+
+    def score(self, prompts: Sequence[Messages]) -> list[dict[str, float]]:
+        """Stateless scoring (every prompt from scratch)."""
+        return [self._step(None, m) for m in prompts]
+
+    def score_streams(self, items: Sequence[tuple[str, Messages]]) -> list[dict[str, float]]:
+        """Score each (stream id, prompt), reusing and extending the stream's KV cache."""
+        return [self._step(stream, messages) for stream, messages in items]
+
+    def end_streams(self, streams: Sequence[str]) -> None:
+        """Free finished dialogues' caches."""
+        for stream in streams:
+            self.streams.pop(stream, None)
+
+    def _step(self, stream: str | None, messages: Messages) -> dict[str, float]:
+        from transformers import DynamicCache
+
+        ids = chat_prompt_ids(self.tokenizer, messages)
+        previous, cache = self.streams.get(stream, ([], None)) if stream is not None else ([], None)
+        if cache is None or len(previous) >= len(ids) or ids[: len(previous)] != previous:
+            previous, cache = [], DynamicCache()
+        new = ids[len(previous):]
+        self.prompt_tokens += len(new)
+        self.cached_tokens += len(previous)
+        with self._inference():
+            out = self.model(input_ids=torch.tensor([new], device=self.device), past_key_values=cache, use_cache=True,
+                             logits_to_keep=1)
+            first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+            if self.answer.first_token_unique:
+                scores = first[self.answer.first_ids]
+            else:
+                scores = self._sequence_scores(first, out.past_key_values, len(ids))
+        if stream is not None:
+            self.streams[stream] = (ids, out.past_key_values)
+        probs = torch.softmax(scores, dim=-1).tolist()
+        return dict(zip(self.labels, probs))
+
+    def _sequence_scores(self, first: torch.Tensor, cache, length: int) -> torch.Tensor:
+        """Whole-label log-probabilities continuing from a copy of the prompt's cache."""
+        scores = torch.stack([first[self.answer.ids[label][0]] for label in self.labels])
+        for j, label in enumerate(self.labels):
+            seq = self.answer.ids[label]
+            if len(seq) < 2:
+                continue
+            cont = self.model(input_ids=torch.tensor([list(seq[:-1])], device=self.device),
+                              past_key_values=copy.deepcopy(cache), use_cache=True)
+            logp = torch.log_softmax(cont.logits[0].float(), dim=-1)
+            scores[j] = scores[j] + logp[torch.arange(len(seq) - 1), torch.tensor(seq[1:])].sum()
         return scores

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
+from erc_llm.context import BiographySource, Demonstration, DemonstrationSource, LeakageError
 from erc_llm.data.labels import LabelSet
 from erc_llm.data.schema import Dialogue, Utterance
 from erc_llm.data.speakers import SpeakerRegistry
@@ -14,33 +14,8 @@ from erc_llm.prompting.history import EmotionHistory, chronological_keys, histor
 from erc_llm.prompting.templates import load_template, render_messages
 
 EVAL_SPLITS = ("dev", "test", "custom", "unlabeled")
-
-
-class LeakageError(RuntimeError):
-    """A prompt for evaluated data would contain gold labels."""
-
-
-@dataclass(frozen=True)
-class Demonstration:
-    """A retrieved training line shown with its label (`dialogue_id`/`index` say where it came from)."""
-
-    speaker: str
-    text: str
-    label: str
-    dialogue_id: str | None = None
-    index: int | None = None
-
-
-class BiographySource(Protocol):
-    """Gives the biography of the speaker of a target utterance (built from training data only)."""
-
-    def biography(self, speaker_id: str, utterance: Utterance, dialogue: Dialogue) -> str | None: ...
-
-
-class DemonstrationSource(Protocol):
-    """Gives k labelled training lines similar to a target utterance (never from the target's dialogue)."""
-
-    def demonstrations(self, utterance: Utterance, dialogue: Dialogue, k: int) -> list[Demonstration]: ...
+__all__ = ["EVAL_SPLITS", "BiographySource", "Demonstration", "DemonstrationSource", "LeakageError", "PromptBuilder",
+           "PromptExample"]
 
 
 @dataclass

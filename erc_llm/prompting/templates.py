@@ -85,3 +85,16 @@ def chat_template_kwargs() -> dict[str, str]:
 def apply_chat_template(tokenizer, messages: list[dict[str, str]], **kwargs):
     """`tokenizer.apply_chat_template` with the pinned template variables (`chat_template_kwargs`)."""
     return tokenizer.apply_chat_template(messages, **{**chat_template_kwargs(), **kwargs})
+
+
+def chat_ids(tokenizer, messages: list[dict[str, str]], add_generation_prompt: bool) -> list[int]:
+    """Token ids of a chat-templated conversation (plain list, whatever the tokenizer returns)."""
+    out = apply_chat_template(tokenizer, messages, tokenize=True, add_generation_prompt=add_generation_prompt)
+    if hasattr(out, "keys") and "input_ids" in out:
+        out = out["input_ids"]
+    return list(out)
+
+
+def chat_prompt_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
+    """Token ids of the chat-templated prompt, ending with the assistant generation prompt."""
+    return chat_ids(tokenizer, messages, add_generation_prompt=True)

@@ -25,11 +25,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from erc_llm.context import LeakageError
 from erc_llm.data.labels import LabelSet
 from erc_llm.data.schema import Dialogue, Utterance
 from erc_llm.data.speakers import SpeakerRegistry
 from erc_llm.io import atomic_open
-from erc_llm.prompting.builder import LeakageError
 from erc_llm.retrieval.config import LLMBiographyConfig, ProfileConfig
 
 SCHEMA_NAME = "erc_llm.biographies"

@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from erc_llm.context import Demonstration
 from erc_llm.data.schema import Dialogue, Utterance
 from erc_llm.data.speakers import GROUP_ID, name_key
-from erc_llm.prompting.builder import Demonstration
 from erc_llm.retrieval.embed import TextEncoder, encode_unique, load_encoder
 from erc_llm.retrieval.index import RetrievalIndex, demonstration_text
 

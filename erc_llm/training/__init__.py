@@ -9,9 +9,8 @@ from erc_llm.training.config import (
     parse_sft_args,
 )
 from erc_llm.training.data import build_train_dataset, class_quotas, class_weights, subsample_examples
-from erc_llm.training.scoring import HFLabelScorer
 
 __all__ = [
-    "ERCDataArguments", "ERCSFTConfig", "HFLabelScorer", "LabelOnlyCollator", "SFTConfigError",
+    "ERCDataArguments", "ERCSFTConfig", "LabelOnlyCollator", "SFTConfigError",
     "build_train_dataset", "class_quotas", "class_weights", "load_recipe", "parse_sft_args", "subsample_examples",
 ]

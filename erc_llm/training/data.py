@@ -19,22 +19,9 @@ from datasets import Dataset
 from erc_llm.data.schema import Dialogue
 from erc_llm.prompting.answer import LabelTokens
 from erc_llm.prompting.builder import PromptExample
-from erc_llm.prompting.templates import apply_chat_template
+from erc_llm.prompting.templates import chat_ids, chat_prompt_ids  # noqa: F401 (re-exported)
 
 IGNORE_INDEX = -100
-
-
-def chat_ids(tokenizer, messages: list[dict[str, str]], add_generation_prompt: bool) -> list[int]:
-    """Token ids of a chat-templated conversation (plain list, whatever the tokenizer returns)."""
-    out = apply_chat_template(tokenizer, messages, tokenize=True, add_generation_prompt=add_generation_prompt)
-    if hasattr(out, "keys") and "input_ids" in out:
-        out = out["input_ids"]
-    return list(out)
-
-
-def chat_prompt_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
-    """Token ids of the chat-templated prompt, ending with the assistant generation prompt."""
-    return chat_ids(tokenizer, messages, add_generation_prompt=True)
 
 
 def class_quotas(counts: dict[str, int], total: int, strategy: str) -> dict[str, int]:

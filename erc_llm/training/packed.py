@@ -24,7 +24,8 @@ from erc_llm.prompting.answer import LabelTokens
 from erc_llm.prompting.builder import PromptBuilder
 from erc_llm.prompting.history import EmotionHistory
 from erc_llm.prompting.packed import dialogue_start_keys, header_messages, packed_messages, scene_history
-from erc_llm.training.data import IGNORE_INDEX, chat_ids
+from erc_llm.prompting.templates import chat_ids
+from erc_llm.training.data import IGNORE_INDEX
 
 
 @dataclass

@@ -24,10 +24,10 @@ from erc_llm.data.sources import resolve_source, run_corpus_name
 from erc_llm.data.speakers import SpeakerRegistry
 from erc_llm.evaluation.rundir import PredictionRecord, write_metrics, write_predictions
 from erc_llm.io import atomic_write_json, atomic_write_text
+from erc_llm.labelling.bias import choose_label_bias
 from erc_llm.prompting.builder import PromptBuilder
 from erc_llm.prompting.dataset import build_prompt_builder
 from erc_llm.prompting.templates import template_text
-from erc_llm.training.calibration import choose_label_bias
 from erc_llm.training.collator import LabelOnlyCollator
 from erc_llm.training.config import ERCDataArguments, ERCModelConfig, ERCSFTConfig, dump_yaml, resolved_config
 from erc_llm.training.curves import TrainingCurvesCallback

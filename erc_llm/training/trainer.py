@@ -9,11 +9,11 @@ over the T answer tokens of the (micro-)batch, where w is the class weight of th
 the training examples, see `erc_llm.training.data.class_weights`). Dividing by T rather than by sum(w) keeps the
 weights effective inside a batch whose examples all share one class.
 
-Evaluation. `evaluate()` labels the dev dialogues with `erc_llm.labelling.loop.label_dialogues` and
-`HFLabelScorer` (constrained label scoring, history from the model's own predictions when the prompt uses
-history) and reports `eval_weighted_f1`, `eval_macro_f1`, `eval_accuracy`; `metric_for_best_model` and early
-stopping work on these. Under data parallelism each process labels a share of the dialogues (all on rank 0 when
-corpus-scope predicted history links dialogues) and the predictions are gathered.
+Evaluation. `evaluate()` labels the dev dialogues with `erc_llm.labelling.loop.label_split` (the labelling
+package's driver, either prompt layout; constrained label scoring, history from the model's own predictions) and
+reports `eval_weighted_f1`, `eval_macro_f1`, `eval_accuracy`; `metric_for_best_model` and early stopping work on
+these. Under data parallelism every process labels a share (chained history: a share of each round or wave,
+exchanged after it) and all processes get every prediction.
 """
 
 from __future__ import annotations
@@ -23,54 +23,23 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from trl import SFTTrainer
 
 from erc_llm.data.schema import Dialogue
 from erc_llm.evaluation.metrics import compute_metrics
 from erc_llm.evaluation.rundir import PredictionRecord
-from erc_llm.labelling.loop import label_dialogues
+from erc_llm.labelling.bias import BiasedScorer
+from erc_llm.labelling.loop import Labelled, label_split
+from erc_llm.labelling.scorers import HFLabelScorer, HFPackedScorer
 from erc_llm.prompting.builder import PromptBuilder
-from erc_llm.training.scoring import HFLabelScorer
 
 _TARGET_KEYS = ("target_rows", "target_cols", "target_ids", "target_weights")
 
 
-def _world() -> tuple[int, int]:
-    """(rank, world size) of the default process group, (0, 1) without one."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def label_split(
-    dialogues: Sequence[Dialogue], builder: PromptBuilder, scorer: HFLabelScorer, batch_size: int = 64,
-    progress: bool = True,
-) -> list[PredictionRecord]:
-    """Label dialogues (sharded over processes when that keeps history valid); every process gets all records."""
-    rank, world = _world()
-    cfg = builder.config
-    linked = cfg.needs_rounds and cfg.history_scope == "corpus"
-    packed = cfg.layout == "packed"
-    if world == 1:
-        mine = list(dialogues)
-    elif linked:
-        mine = list(dialogues) if rank == 0 else []
-    else:
-        mine = [d for i, d in enumerate(dialogues) if i % world == rank]
-    if packed:
-        from erc_llm.labelling.packed import HFPackedScorer, label_dialogues_packed
-
-        packed_scorer = HFPackedScorer(scorer.model, scorer.tokenizer, scorer.labels, scorer.autocast_dtype)
-        if scorer.label_bias:
-            from erc_llm.labelling.run import BiasedScorer
-
-            packed_scorer = BiasedScorer(packed_scorer, scorer.label_bias)
-        labelled = label_dialogues_packed(mine, builder, packed_scorer, progress=progress and rank == 0)
-    else:
-        labelled = label_dialogues(mine, builder, scorer, batch_size=batch_size, progress=progress and rank == 0)
-    records = [
+def to_records(labelled: Sequence[Labelled]) -> list[PredictionRecord]:
+    """Prediction records of labelled utterances (scores rounded for the run files)."""
+    return [
         PredictionRecord(
             dialogue_id=item.example.dialogue_id, utterance_index=item.example.index, speaker=item.example.speaker,
             text=item.example.text, pred=item.pred, gold=item.example.label, utterance_id=item.example.utterance_id,
@@ -78,11 +47,6 @@ def label_split(
         )
         for item in labelled
     ]
-    if world > 1:
-        gathered: list[list[PredictionRecord] | None] = [None] * world
-        dist.all_gather_object(gathered, records)
-        records = [r for part in gathered for r in (part or [])]
-    return sorted(records, key=lambda r: r.key)
 
 
 def score_records(records: Sequence[PredictionRecord], labels: Sequence[str]) -> dict[str, Any]:
@@ -128,18 +92,25 @@ class ERCSFTTrainer(SFTTrainer):
         return (loss, outputs) if return_outputs else loss
 
     # ---- evaluation -------------------------------------------------------------------------------------
-    def label_scorer(self, label_bias: dict[str, float] | None = None) -> HFLabelScorer:
-        """A scorer over the (unwrapped) model being trained, with the run's precision and length limit."""
+    def label_scorer(self, label_bias: dict[str, float] | None = None):
+        """A scorer over the (unwrapped) model being trained, for the run's prompt layout (a kept KV cache per
+        dialogue for packed chats), with the run's precision and length limit, and the label bias if given."""
         autocast = torch.bfloat16 if self.args.bf16 else (torch.float16 if self.args.fp16 else None)
         model = self.accelerator.unwrap_model(self.model)
-        return HFLabelScorer(model, self.processing_class, self.labels, batch_size=self.args.label_score_batch_size,
-                             max_length=self.args.max_length, autocast_dtype=autocast, label_bias=label_bias)
+        if self.builder.config.layout == "packed":
+            scorer = HFPackedScorer(model, self.processing_class, self.labels, autocast_dtype=autocast)
+        else:
+            scorer = HFLabelScorer(model, self.processing_class, self.labels,
+                                   batch_size=self.args.label_score_batch_size, max_length=self.args.max_length,
+                                   autocast_dtype=autocast)
+        return BiasedScorer(scorer, label_bias) if label_bias else scorer
 
     def label_and_score(self, dialogues: Sequence[Dialogue], label_bias: dict[str, float] | None = None,
                         ) -> tuple[dict[str, Any], list[PredictionRecord]]:
-        """Label dialogues with the current model; (metrics, records)."""
-        records = label_split(dialogues, self.builder, self.label_scorer(label_bias), batch_size=64,
-                              progress=not self.args.disable_tqdm)
+        """Label dialogues with the current model (`erc_llm.labelling.loop.label_split`); (metrics, records)."""
+        labelled = label_split(dialogues, self.builder, self.label_scorer(label_bias), batch_size=64,
+                               progress=not self.args.disable_tqdm)
+        records = to_records(labelled)
         return score_records(records, self.labels), records
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
