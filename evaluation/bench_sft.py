@@ -38,12 +38,12 @@ from trl import SFTConfig, SFTTrainer  # noqa: E402
 
 from erc_llm.data import MELD_LABELS, SpeakerRegistry, load_split  # noqa: E402
 from erc_llm.labelling.scorers import HFLabelScorer  # noqa: E402
-from erc_llm.models import resolve_model  # noqa: E402
+from erc_llm.offline_models import resolve_model  # noqa: E402
 from erc_llm.prompting import PromptBuilder, PromptConfig, label_tokens  # noqa: E402
 from erc_llm.training.collator import LabelOnlyCollator  # noqa: E402
 from erc_llm.training.config import ERCModelConfig, ERCSFTConfig  # noqa: E402
 from erc_llm.training.data import build_train_dataset, class_weights, subsample_examples  # noqa: E402
-from erc_llm.training.run import lora_config  # noqa: E402
+from erc_llm.training.steps import lora_config  # noqa: E402
 from erc_llm.training.trainer import ERCSFTTrainer  # noqa: E402
 
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"

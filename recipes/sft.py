@@ -25,9 +25,9 @@ import torch
 from transformers import set_seed
 
 from erc_llm.data.cli import guarded_main
-from erc_llm.models import resolve_model
+from erc_llm.offline_models import resolve_model
 from erc_llm.training.config import parse_sft_args
-from erc_llm.training.run import (
+from erc_llm.training.steps import (
     Stopwatch,
     build_trainer,
     ddp_find_unused,

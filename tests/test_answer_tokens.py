@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 def tokenizer():
     from transformers import AutoTokenizer
 
-    from erc_llm.models import resolve_model
+    from erc_llm.offline_models import resolve_model
 
     return AutoTokenizer.from_pretrained(resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct"))
 

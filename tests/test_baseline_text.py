@@ -25,7 +25,7 @@ MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 def minilm_tokenizer():
     from transformers import AutoTokenizer
 
-    from erc_llm.models import resolve_model
+    from erc_llm.offline_models import resolve_model
 
     return AutoTokenizer.from_pretrained(resolve_model(MINILM))
 

@@ -63,7 +63,7 @@ def build_tiny_qwen2(source: Path, out: Path, seed: int = 0) -> Path:
 @pytest.fixture(scope="session")
 def qwen_source() -> Path:
     """The materialised Qwen2.5-Coder-0.5B-Instruct folder (PyPI parts, sha256-checked)."""
-    from erc_llm.models import resolve_model
+    from erc_llm.offline_models import resolve_model
 
     return Path(resolve_model("Qwen/Qwen2.5-Coder-0.5B-Instruct"))
 
@@ -245,7 +245,7 @@ def test_fsdp_config_file_is_gone_and_zero3_is_not_shipped() -> None:
 
 
 def test_resume_checkpoint_picks_the_last_one(tmp_path: Path) -> None:
-    from erc_llm.training.run import resume_checkpoint
+    from erc_llm.training.steps import resume_checkpoint
 
     _, training_args, _ = _qwen_args("--output_dir", str(tmp_path))
     assert resume_checkpoint(training_args) is None
@@ -359,7 +359,7 @@ def test_qlora_4bit_loads_and_trains_on_cpu_with_bitsandbytes(tiny_qwen2: Path) 
     from peft import get_peft_model
 
     from erc_llm.training.config import load_recipe
-    from erc_llm.training.run import load_model, lora_config
+    from erc_llm.training.steps import load_model, lora_config
 
     _, training_args, model_args = load_recipe(
         QWEN_RECIPE, ["--model_name_or_path", str(tiny_qwen2), "--use_cpu", "true", *NO_GPU_BF16])

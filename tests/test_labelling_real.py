@@ -101,7 +101,7 @@ def test_label_through_a_local_vllm_server(smoke_adapter, data_dir, tmp_path):
     import urllib.request
 
     from erc_llm.labelling.engines import merged_model_dir
-    from erc_llm.models import resolve_model
+    from erc_llm.offline_models import resolve_model
 
     merged = merged_model_dir(resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct"), str(smoke_adapter))
     port = _free_port()

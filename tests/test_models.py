@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from erc_llm import models
-from erc_llm.models import (
+from erc_llm import offline_models as models
+from erc_llm.offline_models import (
     MARKER_NAME,
     OFFLINE_MODELS,
     ModelResolutionError,
@@ -179,7 +179,7 @@ def test_minilm_resolves_to_the_packaged_sentence_transformer(offline: Path) -> 
 
 _RACE_SCRIPT = """
 import json, sys, time
-from erc_llm.models import resolve_model
+from erc_llm.offline_models import resolve_model
 if __name__ == "__main__":
     started = time.monotonic()
     path = resolve_model(sys.argv[1])
@@ -282,3 +282,46 @@ def test_smollm2_loads_with_plain_transformers_and_chats(
     reply = tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
     assert reply, "empty reply"
     assert "Paris" in reply
+
+
+def _fake_split_model(tmp_path, monkeypatch, chunks: list[bytes], sha256: str, size: int):
+    """An OfflineModel whose GGUF is split over importable fake part packages in tmp_path."""
+    import sys
+
+    from erc_llm.offline_models import OfflineModel, _split_parts
+
+    for i, chunk in enumerate(chunks, start=1):
+        pkg = tmp_path / "site" / f"fake_gguf_part{i}"
+        (pkg / "data").mkdir(parents=True)
+        (pkg / "__init__.py").write_text("")
+        (pkg / "data" / f"part{i:02d}.bin").write_bytes(chunk)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    sys.modules.pop("fake_gguf_part1", None)
+    monkeypatch.setenv("ERC_LLM_CACHE", str(tmp_path / "cache"))
+    return OfflineModel(hub_id="Test/Split", aliases=(), package="fake-gguf-part1", module="fake_gguf_part1",
+                        kind="gguf_parts", resource="split.gguf", description="test", parts=_split_parts("fake-gguf-part", len(chunks)),
+                        version="0.0.1", sha256=sha256, size=size)
+
+
+def test_split_gguf_parts_are_joined_in_order_and_checked(tmp_path, monkeypatch):
+    import hashlib
+
+    from erc_llm.offline_models import join_parts
+
+    chunks = [b"GGUF" + b"a" * 100, b"b" * 50, b"c" * 7]
+    whole = b"".join(chunks)
+    model = _fake_split_model(tmp_path, monkeypatch, chunks, hashlib.sha256(whole).hexdigest(), len(whole))
+    path = join_parts(model)
+    assert path.read_bytes() == whole
+    assert join_parts(model) == path  # a verified file is reused
+
+
+def test_split_gguf_with_a_wrong_hash_is_refused_and_nothing_is_kept(tmp_path, monkeypatch):
+    from erc_llm.offline_models import ModelResolutionError, join_parts, joined_gguf_path
+
+    chunks = [b"GGUF" + b"x" * 10, b"y" * 10]
+    model = _fake_split_model(tmp_path, monkeypatch, chunks, "0" * 64, 24)
+    with pytest.raises(ModelResolutionError, match="sha256"):
+        join_parts(model)
+    assert not joined_gguf_path(model).exists()
+    assert not list(joined_gguf_path(model).parent.glob("*.tmp-*"))

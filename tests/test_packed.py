@@ -26,7 +26,7 @@ PACKED = PromptConfig(template="erc_packed.j2", layout="packed", use_history=Tru
 def smollm2():
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from erc_llm.models import resolve_model
+    from erc_llm.offline_models import resolve_model
 
     path = resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct")
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)

@@ -227,7 +227,7 @@ def test_custom_label_set_through_prompts_scoring_weights_and_metrics(tmp_path):
     from erc_llm.data import SpeakerRegistry
     from erc_llm.evaluation.metrics import compute_metrics
     from erc_llm.labelling.scorers import HFLabelScorer
-    from erc_llm.models import resolve_model
+    from erc_llm.offline_models import resolve_model
     from erc_llm.prompting.answer import label_tokens
     from erc_llm.prompting.builder import PromptBuilder
     from erc_llm.prompting.config import PromptConfig

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from erc_llm.models import resolve_model
+from erc_llm.offline_models import resolve_model
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 

@@ -127,7 +127,7 @@ def load_text_encoder(name: str):
     """(tokenizer, AutoModel, local folder) of a text encoder, resolved offline-first."""
     from transformers import AutoModel, AutoTokenizer
 
-    from erc_llm.models import resolve_model
+    from erc_llm.offline_models import resolve_model
 
     local = resolve_model(name)
     return AutoTokenizer.from_pretrained(local), AutoModel.from_pretrained(local), local

@@ -60,7 +60,7 @@ def load_encoder(name_or_path: str):
     """An `AutoModel` in eval mode from a hub id, offline alias or local folder (resolved offline-first)."""
     from transformers import AutoModel
 
-    from erc_llm.models import resolve_model
+    from erc_llm.offline_models import resolve_model
 
     local = resolve_model(name_or_path)
     model = AutoModel.from_pretrained(local)

@@ -27,7 +27,7 @@ def utterance_logreg_reference(
     from sentence_transformers import SentenceTransformer
     from sklearn.linear_model import LogisticRegression
 
-    from erc_llm.models import resolve_model
+    from erc_llm.offline_models import resolve_model
 
     started = time.perf_counter()
     source = resolve_source(corpus, data_dir=data_dir)

@@ -26,7 +26,7 @@ class LabelConfig(PromptConfig):
 
     model: str = field(
         default="HuggingFaceTB/SmolLM2-135M-Instruct",
-        metadata={"help": "Base model: hub id or local folder (offline ids resolve through erc_llm.models)."},
+        metadata={"help": "Base model: hub id or local folder (offline ids resolve through erc_llm.offline_models)."},
     )
     adapter: str | None = field(default=None, metadata={"help": "LoRA adapter folder written by recipes/sft.py."})
     prompt_from_adapter: bool = field(

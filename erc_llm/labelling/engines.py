@@ -117,7 +117,7 @@ class VLLMEngine:
 
         from vllm import LLM
 
-        from erc_llm.models import resolve_model
+        from erc_llm.offline_models import resolve_model
 
         if lora_mode not in ("auto", "merge", "lora_request"):
             raise ValueError(f"lora_mode must be auto, merge or lora_request, got {lora_mode!r}")
@@ -216,7 +216,7 @@ class EndpointEngine:
         if tokenizer:
             from transformers import AutoTokenizer
 
-            from erc_llm.models import resolve_model
+            from erc_llm.offline_models import resolve_model
 
             hf_tokenizer = AutoTokenizer.from_pretrained(resolve_model(tokenizer))
             self.tokens = label_tokens(hf_tokenizer, self.labels)
@@ -373,7 +373,7 @@ class DataParallelEngine:
                  engine_args: Mapping[str, Any] | None = None, lora_mode: str = "auto", seed: int = 0) -> None:
         import multiprocessing
 
-        from erc_llm.models import resolve_model
+        from erc_llm.offline_models import resolve_model
 
         args = dict(engine_args or {})
         self.size = int(args.pop("data_parallel_size"))

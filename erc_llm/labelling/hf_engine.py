@@ -20,7 +20,7 @@ class HFEngine:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from erc_llm.labelling.scorers import HFLabelScorer
-        from erc_llm.models import resolve_model
+        from erc_llm.offline_models import resolve_model
 
         path = resolve_model(model)
         self.labels = tuple(labels)

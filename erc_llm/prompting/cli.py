@@ -77,7 +77,7 @@ def _tokenizer(model: str):
     """A tokenizer from a hub id, alias or path (resolved offline)."""
     from transformers import AutoTokenizer
 
-    from erc_llm.models import resolve_model
+    from erc_llm.offline_models import resolve_model
 
     return AutoTokenizer.from_pretrained(resolve_model(model))
 

@@ -64,7 +64,7 @@ def _load_sentence_transformer(model: str, max_seq_length: int, device: str) -> 
         if key not in _MODEL_CACHE:
             from sentence_transformers import SentenceTransformer
 
-            from erc_llm.models import resolve_model
+            from erc_llm.offline_models import resolve_model
 
             loaded = SentenceTransformer(resolve_model(model), device=device)
             loaded.max_seq_length = min(max_seq_length, loaded.max_seq_length or max_seq_length)

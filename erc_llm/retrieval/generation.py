@@ -39,7 +39,7 @@ class TransformersGenerator:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from erc_llm.models import resolve_model
+        from erc_llm.offline_models import resolve_model
 
         path = resolve_model(self.model_name)
         tokenizer = AutoTokenizer.from_pretrained(path)

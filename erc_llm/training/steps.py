@@ -1,4 +1,5 @@
-"""The steps of `recipes/sft.py`, one function each: data, prompts, tokenizer, model, trainer, outputs."""
+"""The steps of `recipes/sft.py`, one function each: data, prompts, tokenizer, model, trainer, outputs (the script is
+the table of contents; `erc_llm.labelling.run` is the separate `erc-llm label` job)."""
 
 from __future__ import annotations
 
