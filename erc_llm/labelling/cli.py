@@ -14,7 +14,17 @@ def parse_label_config(argv: list[str]):
     from erc_llm.labelling.config import LabelConfig
 
     (cfg,) = TrlParser((LabelConfig,)).parse_args_and_config(argv)
+    cfg.command_line_keys = command_line_keys(argv)
     return cfg
+
+
+def command_line_keys(argv: list[str]) -> set[str]:
+    """Field names given as `--name value` / `--name=value` on the command line (not from --config)."""
+    keys = set()
+    for token in argv:
+        if token.startswith("--") and token != "--config":
+            keys.add(token[2:].split("=", 1)[0].replace("-", "_"))
+    return keys - {"config"}
 
 
 def cmd_label(args: argparse.Namespace) -> int:

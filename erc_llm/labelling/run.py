@@ -27,14 +27,29 @@ ADAPTER_SUMMARY_NAME = "run_summary.json"  # holds the dev-fitted `label_bias` w
 
 
 def prompt_settings_for(cfg: LabelConfig):
-    """(PromptConfig, RetrievalConfig | None): those the adapter was trained with when saved, else the run's own."""
+    """(PromptConfig, RetrievalConfig | None) of a labelling run. The rule, in one place:
+
+    * with an adapter that saved its `erc_config.yaml` (and `prompt_from_adapter`, the default), the adapter's
+      prompt and retrieval settings are the default, so labelling prompts match training prompts; prompt keys in
+      the label YAML do not change them;
+    * a prompt setting given explicitly on the command line (`--use_history false`) wins over the adapter's, and a
+      notice on stderr says which setting now differs from training;
+    * without a saved adapter config, the run's own settings (YAML and command line) are used.
+    """
     from erc_llm.prompting.dataset import load_prompt_settings
 
-    saved = Path(cfg.adapter) / ADAPTER_CONFIG_NAME if cfg.adapter else None
-    if saved is not None and cfg.prompt_from_adapter and saved.exists():
-        return load_prompt_settings(saved)
     names = [f.name for f in dataclasses.fields(PromptConfig)]
-    return PromptConfig(**{name: getattr(cfg, name) for name in names}), None
+    saved = Path(cfg.adapter) / ADAPTER_CONFIG_NAME if cfg.adapter else None
+    if saved is None or not cfg.prompt_from_adapter or not saved.exists():
+        return PromptConfig(**{name: getattr(cfg, name) for name in names}), None
+    prompt, retrieval = load_prompt_settings(saved)
+    given = sorted(set(getattr(cfg, "command_line_keys", ())) & set(names))
+    changed = {name: getattr(cfg, name) for name in given if getattr(cfg, name) != getattr(prompt, name)}
+    for name, value in changed.items():
+        print(f"notice: prompt setting {name}={value!r} from the command line overrides the adapter's "
+              f"{getattr(prompt, name)!r} ({saved}): labelling prompts now differ from training prompts",
+              file=sys.stderr)
+    return (dataclasses.replace(prompt, **changed) if changed else prompt), retrieval
 
 
 def prompt_config_for(cfg: LabelConfig) -> PromptConfig:
