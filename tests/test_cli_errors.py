@@ -88,6 +88,7 @@ RECIPE_CASES = {
 }
 
 
+@pytest.mark.slow  # each starts a recipe process importing torch, transformers and TRL (~10 s on an idle CPU)
 @pytest.mark.parametrize("case", sorted(RECIPE_CASES))
 def test_recipes_report_wrong_input_in_one_line(case, bad):
     repo = Path(__file__).resolve().parents[1]
