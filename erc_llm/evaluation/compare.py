@@ -11,9 +11,6 @@ that published papers report for the same corpus and split.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import io
-import re
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -25,9 +22,31 @@ import numpy as np
 
 from erc_llm.data.sources import resolve_labels
 from erc_llm.evaluation.bootstrap import bootstrap_ci, ci_description, paired_bootstrap
+from erc_llm.evaluation.compare_markdown import (
+    disagreement_section as _disagreement_section,
+)
+from erc_llm.evaluation.compare_markdown import (
+    file_slug as _file_slug,
+)
+from erc_llm.evaluation.compare_markdown import (
+    markdown_cell as _markdown_cell,
+)
+from erc_llm.evaluation.compare_markdown import (
+    markdown_table as _markdown_table,
+)
+from erc_llm.evaluation.compare_markdown import (
+    percent as _percent,
+)
+from erc_llm.evaluation.compare_markdown import (
+    reference_section as _reference_section,
+)
+from erc_llm.evaluation.compare_plots import plot_confusion as _plot_confusion
+from erc_llm.evaluation.compare_plots import plot_per_class_f1 as _plot_per_class_f1
 from erc_llm.evaluation.metrics import METRIC_NAMES, compute_metrics
+from erc_llm.evaluation.published import REFERENCE_RESULTS, ReferenceResult, reference_results_for
+from erc_llm.evaluation.published import normalise_name as _normalise_name
 from erc_llm.evaluation.rundir import PredictionRecord, RunFormatError, read_metrics, read_predictions
-from erc_llm.io import atomic_write_bytes, atomic_write_text
+from erc_llm.io import atomic_write_text
 
 __all__ = [
     "REFERENCE_RESULTS",
@@ -47,33 +66,6 @@ _MAX_KEY_EXAMPLES = 5
 _PNG_DPI = 120
 
 
-@dataclass(frozen=True)
-class ReferenceResult:
-    """A weighted-F1 score as printed in a published paper (percent), not reproduced by this toolkit."""
-
-    corpus: str
-    split: str
-    system: str
-    setting: str
-    weighted_f1: float
-    source: str
-
-
-REFERENCE_RESULTS: tuple[ReferenceResult, ...] = (
-    ReferenceResult("meld", "test", "InstructERC", "LLaMA2-7B, LoRA", 69.15, "Lei et al., 2023"),
-    ReferenceResult("meld", "test", "BiosERC", "Llama-2-7B, LoRA", 68.72, "Xue et al., 2024"),
-    ReferenceResult("meld", "test", "SPCL", "fine-tuned encoder", 67.25, "Song et al., 2022"),
-    ReferenceResult("meld", "test", "CoMPM", "fine-tuned encoder", 66.52, "Lee & Lee, 2022"),
-    ReferenceResult("emorynlp", "test", "InstructERC", "LLaMA2-7B, LoRA", 41.37, "Lei et al., 2023"),
-    ReferenceResult("emorynlp", "test", "BiosERC", "Llama-2-7B, LoRA", 41.44, "Xue et al., 2024"),
-    ReferenceResult("emorynlp", "test", "SPCL", "fine-tuned encoder", 40.94, "Song et al., 2022"),
-    ReferenceResult("emorynlp", "test", "TUCORE-GCN", "fine-tuned encoder", 39.24, "Lee & Choi, 2021"),
-    ReferenceResult("emorynlp", "test", "CoMPM", "fine-tuned encoder", 38.93, "Lee & Lee, 2022"),
-)
-
-_CORPUS_ALIASES = {"emory": "emorynlp"}
-
-
 class CompareError(ValueError):
     """Runs cannot be compared (different corpus/split, utterances, gold labels, or label sets)."""
 
@@ -89,22 +81,6 @@ class _LoadedRun:
     recorded_labels: list[str]
     records: dict[tuple[str, int], PredictionRecord]
     key_order: list[tuple[str, int]]
-
-
-def _normalise_name(name: str) -> str:
-    """Case- and punctuation-insensitive form of a corpus or split name ('EmoryNLP' == 'emory_nlp')."""
-    compact = re.sub(r"[^a-z0-9]", "", name.lower())
-    return _CORPUS_ALIASES.get(compact, compact)
-
-
-def reference_results_for(corpus: str, split: str) -> list[ReferenceResult]:
-    """Published results for ``corpus``/``split`` (names compared case- and punctuation-insensitively)."""
-    corpus_key, split_key = _normalise_name(corpus), _normalise_name(split)
-    return [
-        ref
-        for ref in REFERENCE_RESULTS
-        if ref.corpus == corpus_key and _normalise_name(ref.split) == split_key
-    ]
 
 
 def _load_run(run_dir: Path) -> _LoadedRun:
@@ -214,212 +190,6 @@ def _display_names(runs: Sequence[_LoadedRun]) -> list[str]:
         seen[name] += 1
         unique_names.append(name if seen[name] == 1 else f"{name} #{seen[name]}")
     return unique_names
-
-
-def _percent(value: float) -> str:
-    """Format a fraction as a percentage with two decimals."""
-    return f"{100.0 * value:.2f}"
-
-
-def _markdown_cell(text: str) -> str:
-    """Make free text safe for one markdown table cell."""
-    flattened = " ".join(str(text).split())
-    if len(flattened) > _MAX_EXAMPLE_TEXT_CHARS:
-        flattened = flattened[: _MAX_EXAMPLE_TEXT_CHARS - 1].rstrip() + "…"
-    return flattened.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], align: Sequence[str]) -> str:
-    """Render a markdown table; ``align`` holds 'l' or 'r' per column."""
-    separators = ["---:" if side == "r" else ":---" for side in align]
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(separators) + " |"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def _file_slug(name: str) -> str:
-    """Filesystem-safe lowercase slug of a system name."""
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "system"
-
-
-def _render_png(figure: Any, path: Path, trim_margins: bool = True) -> None:
-    """Rasterise a matplotlib Figure with the Agg canvas and write it atomically.
-
-    ``trim_margins`` crops to the drawn content, which costs a second draw; figures laid out by hand skip it.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(figure)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=_PNG_DPI, bbox_inches="tight" if trim_margins else None)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def _plot_per_class_f1(
-    path: Path,
-    labels: Sequence[str],
-    supports: Sequence[int],
-    names: Sequence[str],
-    f1_by_system: np.ndarray,
-    title: str,
-) -> None:
-    """Grouped bar chart: one group per label, one bar per system, F1 in percent."""
-    from matplotlib.figure import Figure
-
-    n_systems = len(names)
-    figure = Figure(figsize=(max(7.0, 1.1 * len(labels) + 0.6 * n_systems), 4.8))
-    axes = figure.add_subplot(1, 1, 1)
-    bar_width = 0.8 / n_systems
-    positions = np.arange(len(labels), dtype=float)
-    for system_index, name in enumerate(names):
-        offsets = positions - 0.4 + bar_width * (system_index + 0.5)
-        bars = axes.bar(offsets, 100.0 * f1_by_system[system_index], width=bar_width, label=name)
-        if n_systems <= 4 and len(labels) <= 10:
-            axes.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
-    axes.set_xticks(positions)
-    axes.set_xticklabels([f"{label}\n(n={support})" for label, support in zip(labels, supports)], fontsize=9)
-    axes.set_ylabel("F1 (%)")
-    axes.set_ylim(0, 120)  # headroom so the legend never hides a bar
-    axes.set_yticks(range(0, 101, 20))
-    axes.set_title(title)
-    axes.grid(axis="y", alpha=0.3)
-    axes.set_axisbelow(True)
-    axes.legend(fontsize=8, loc="upper right", ncols=min(n_systems, 3))
-    _render_png(figure, path)
-
-
-def _plot_confusion(path: Path, labels: Sequence[str], confusion: np.ndarray, title: str) -> None:
-    """Row-normalised confusion matrix heat map with each cell's count and row share annotated."""
-    from matplotlib.figure import Figure
-
-    n_labels = len(labels)
-    row_totals = confusion.sum(axis=1, keepdims=True)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        row_shares = np.where(row_totals > 0, confusion / np.maximum(row_totals, 1), 0.0)
-    # Laid out by hand, in inches, so one draw suffices (cropping to content would draw twice).
-    label_chars = max(len(label) for label in labels)
-    cell = 0.75 if n_labels <= 10 else 0.55
-    matrix_side = max(4.0, cell * n_labels)
-    left = 0.7 + 0.085 * label_chars
-    bottom = 0.55 + 0.065 * label_chars
-    right, top, colorbar_gap, colorbar_width = 1.1, 0.55, 0.2, 0.2
-    width = left + matrix_side + colorbar_gap + colorbar_width + right
-    height = bottom + matrix_side + top
-    figure = Figure(figsize=(width, height))
-    axes = figure.add_axes((left / width, bottom / height, matrix_side / width, matrix_side / height))
-    colorbar_axes = figure.add_axes(
-        (
-            (left + matrix_side + colorbar_gap) / width,
-            bottom / height,
-            colorbar_width / width,
-            matrix_side / height,
-        )
-    )
-    image = axes.imshow(row_shares, cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto")
-    figure.colorbar(image, cax=colorbar_axes, label="share of gold row")
-    font_size = 8 if n_labels <= 8 else 6
-    for row in range(n_labels):
-        for column in range(n_labels):
-            share = row_shares[row, column]
-            axes.text(
-                column,
-                row,
-                f"{int(confusion[row, column])}\n{100.0 * share:.0f}%",
-                ha="center",
-                va="center",
-                fontsize=font_size,
-                color="white" if share > 0.55 else "black",
-            )
-    axes.set_xticks(range(n_labels))
-    axes.set_yticks(range(n_labels))
-    axes.set_xticklabels(labels, rotation=45, ha="right")
-    axes.set_yticklabels(labels)
-    axes.set_xlabel("predicted")
-    axes.set_ylabel("gold")
-    axes.set_title(title)
-    _render_png(figure, path, trim_margins=False)
-
-
-def _stable_rank(key: tuple[str, int]) -> str:
-    """Deterministic pseudo-random sort key for an utterance, independent of file order."""
-    return hashlib.sha1(f"{key[0]}\x1f{key[1]}".encode()).hexdigest()
-
-
-def _disagreement_section(
-    runs: Sequence[_LoadedRun],
-    names: Sequence[str],
-    keys: Sequence[tuple[str, int]],
-    labels: Sequence[str],
-    examples_per_class: int,
-) -> list[str]:
-    """Markdown lines listing utterances on which the systems' predictions differ, a few per gold class."""
-    lines = ["## Disagreements", ""]
-    if len(runs) < 2:
-        return lines + ["Only one system was given, so there is nothing to disagree about.", ""]
-    disagreeing = [key for key in keys if len({run.records[key].pred for run in runs}) > 1]
-    lines.append(
-        f"The systems disagree on {len(disagreeing)} of {len(keys)} scored utterances "
-        f"({_percent(len(disagreeing) / len(keys))}%)."
-    )
-    if not disagreeing:
-        return lines + [""]
-    correct_counts = [
-        sum(run.records[key].pred == run.records[key].gold for key in disagreeing) for run in runs
-    ]
-    lines.append(
-        "Correct on those: "
-        + "; ".join(f"{name} {count}" for name, count in zip(names, correct_counts))
-        + "."
-    )
-    lines += [
-        "",
-        (
-            f"Up to {examples_per_class} examples per gold class, chosen by a fixed hash of the utterance key "
-            "(the same inputs always give the same examples). Correct predictions are in bold."
-        ),
-        "",
-    ]
-    by_gold: dict[str, list[tuple[str, int]]] = {label: [] for label in labels}
-    for key in disagreeing:
-        by_gold[runs[0].records[key].gold].append(key)
-    rows = []
-    for label in labels:
-        chosen = sorted(by_gold[label], key=_stable_rank)[:examples_per_class]
-        for key in sorted(chosen):
-            record = runs[0].records[key]
-            predictions = [run.records[key].pred for run in runs]
-            rows.append(
-                [
-                    _markdown_cell(f"{key[0]} #{key[1]}"),
-                    _markdown_cell(record.speaker),
-                    _markdown_cell(record.text),
-                    _markdown_cell(label),
-                    *[f"**{pred}**" if pred == label else _markdown_cell(pred) for pred in predictions],
-                ]
-            )
-    header = ["dialogue #utt", "speaker", "text", "gold", *[_markdown_cell(name) for name in names]]
-    lines.append(_markdown_table(header, rows, ["l"] * len(header)))
-    return lines + [""]
-
-
-def _reference_section(corpus: str, split: str) -> list[str]:
-    """Markdown lines with published numbers for this corpus/split, marked as not reproduced."""
-    lines = [
-        "## Published reference numbers (reported by their papers, not reproduced here)",
-        "",
-        (
-            "These weighted-F1 scores are copied from the papers named below, for orientation only. The toolkit "
-            "has not re-run these systems; differences in preprocessing, label handling and seeds mean they are "
-            "not strictly comparable with the runs above."
-        ),
-        "",
-    ]
-    references = reference_results_for(corpus, split)
-    if not references:
-        return lines + [f"No published reference numbers are recorded for {corpus} / {split}.", ""]
-    rows = [[ref.system, ref.setting, f"{ref.weighted_f1:.2f}", ref.source] for ref in references]
-    table = _markdown_table(["system (as published)", "setting", "weighted-F1 (%)", "source"], rows, "llrl")
-    return lines + [table, ""]
 
 
 def compare_runs(
