@@ -16,7 +16,7 @@ COMMAND_MODULES = (
     "erc_llm.labelling.cli",
     "erc_llm.baseline.cli",
     "erc_llm.evaluation.compare",
-    "erc_llm.evaluation.ablation",
+    "erc_llm.training.ablate",
     "erc_llm.pipeline",
 )
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from erc_llm.evaluation import PredictionRecord, compute_metrics, write_metrics, write_predictions
-from erc_llm.evaluation.ablation import (
+from erc_llm.training.ablate import (
     ROW_ARGS_FILE,
     AblationSpecError,
     _fingerprint,

@@ -1,0 +1,272 @@
+"""Ablation runner (`erc-llm ablate`): one SFT run per row of a spec, then the table of
+`erc_llm.evaluation.ablation` (which reads only the rows' run folders).
+
+A spec is a YAML file (see `recipes/smollm2-135m/ablation/`)::
+
+    base_config: recipes/smollm2-135m/sft/context_weighted.yaml   # an SFT recipe, relative to the repo
+    output_dir: runs/ablation/meld
+    parallel: 2                 # runs at once; each gets cpu_count // parallel threads
+    reference: context          # the row every other row is compared with (paired dialogue bootstrap)
+    common: {train_subsample: 400, test_subsample: 500}            # overrides for every row
+    rows:
+      context: {}
+      +biography: {use_biography: true}
+
+Every row runs `recipes/sft.py --config base_config` with `common` then the row's overrides as CLI flags, into
+`<output_dir>/<row>/`. A row whose run folder holds `metrics.json` written with the same arguments is reused, so
+an interrupted ablation resumes with the same command; a half-written row is rerun from scratch. The table
+(`ablation.md` + `ablation.json`) reports rows that hurt as plainly as rows that help.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from erc_llm.evaluation.ablation import AblationSpecError, collect_results, render_table
+from erc_llm.io import atomic_write_json, atomic_write_text
+
+REPO = Path(__file__).resolve().parents[2]
+SFT_SCRIPT = REPO / "recipes" / "sft.py"
+ROW_ARGS_FILE = "ablation_row.json"
+SPEC_KEYS = {"base_config", "output_dir", "parallel", "reference", "common", "rows", "description"}
+# Prompt switches shown in the table's "sources" column, in prompt order.
+
+
+@dataclass
+class AblationSpec:
+    """A parsed ablation spec (see the module docstring)."""
+
+    path: Path
+    base_config: Path
+    output_dir: Path
+    rows: dict[str, dict[str, Any]]
+    reference: str
+    common: dict[str, Any] = field(default_factory=dict)
+    parallel: int = 1
+    description: str = ""
+
+    def row_args(self, row: str) -> list[str]:
+        """The sft.py argument list of one row (base config, common overrides, row overrides, output dir)."""
+        merged = {**self.common, **self.rows[row], "output_dir": str(self.output_dir / row)}
+        base = self.base_config.relative_to(REPO) if self.base_config.is_relative_to(REPO) else self.base_config
+        args = ["--config", str(base)]  # sft.py runs with the repo as working directory
+        for key, value in merged.items():
+            args += [f"--{key}", _flag_value(value)]
+        return args
+
+
+def _flag_value(value: Any) -> str:
+    """A YAML value as the string TrlParser reads back (booleans as true/false, null as None)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "None"
+    if isinstance(value, list | dict):
+        raise TypeError(f"list/dict overrides are not supported on the command line: {value!r}")
+    return str(value)
+
+
+def _resolve(path: str, spec_path: Path) -> Path:
+    """A path from a spec: absolute, else relative to the repo (recipes are run from there), else to the spec."""
+    candidate = Path(path)
+    if candidate.is_absolute():
+        return candidate
+    for root in (REPO, spec_path.parent):
+        if (root / candidate).exists():
+            return root / candidate
+    return REPO / candidate
+
+
+def load_spec(path: str | os.PathLike[str], output_dir: str | None = None, validate: bool = True) -> AblationSpec:
+    """Read and check an ablation spec; with `validate`, every row's SFT arguments are parsed strictly."""
+    spec_path = Path(path)
+    try:
+        raw = yaml.safe_load(spec_path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise AblationSpecError(f"{spec_path}: cannot read ablation spec ({exc.strerror})") from exc
+    except yaml.YAMLError as exc:
+        raise AblationSpecError(f"{spec_path}: invalid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise AblationSpecError(f"{spec_path}: an ablation spec is a mapping, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - SPEC_KEYS)
+    if unknown:
+        raise AblationSpecError(f"{spec_path}: unknown key(s) {unknown}; allowed: {sorted(SPEC_KEYS)}")
+    for key in ("base_config", "output_dir", "rows", "reference"):
+        if key not in raw:
+            raise AblationSpecError(f"{spec_path}: missing required key {key!r}")
+    rows = raw["rows"]
+    if not isinstance(rows, dict) or not rows:
+        raise AblationSpecError(f"{spec_path}: 'rows' must be a non-empty mapping of row name -> overrides")
+    for name, overrides in rows.items():
+        if overrides is None:
+            rows[name] = {}
+        elif not isinstance(overrides, dict):
+            raise AblationSpecError(f"{spec_path}: row {name!r} must map to overrides, got {overrides!r}")
+        if not str(name) or "/" in str(name) or str(name).startswith("."):
+            raise AblationSpecError(f"{spec_path}: row name {name!r} is not a usable folder name")
+        if "output_dir" in (rows[name] or {}):
+            raise AblationSpecError(f"{spec_path}: row {name!r} sets output_dir; rows always run in <output_dir>/<row>")
+    common = raw.get("common") or {}
+    if not isinstance(common, dict) or "output_dir" in common:
+        raise AblationSpecError(f"{spec_path}: 'common' must be a mapping of SFT overrides without output_dir")
+    if raw["reference"] not in rows:
+        raise AblationSpecError(f"{spec_path}: reference {raw['reference']!r} is not a row ({sorted(rows)})")
+    parallel = raw.get("parallel", 1)
+    if not isinstance(parallel, int) or parallel < 1:
+        raise AblationSpecError(f"{spec_path}: 'parallel' must be an integer >= 1, got {parallel!r}")
+    base_config = _resolve(str(raw["base_config"]), spec_path)
+    if not base_config.is_file():
+        raise AblationSpecError(f"{spec_path}: base_config {raw['base_config']!r} not found")
+    spec = AblationSpec(
+        path=spec_path, base_config=base_config, rows={str(k): dict(v or {}) for k, v in rows.items()},
+        reference=str(raw["reference"]), common=dict(common), parallel=parallel,
+        output_dir=Path(output_dir or raw["output_dir"]), description=str(raw.get("description") or ""),
+    )
+    if validate:
+        validate_rows(spec)
+    return spec
+
+
+def validate_rows(spec: AblationSpec) -> None:
+    """Parse every row's arguments as recipes/sft.py would (unknown keys and bad values are errors)."""
+    from erc_llm.training.config import parse_sft_args
+
+    for row in spec.rows:
+        try:
+            args = spec.row_args(row)
+            parse_sft_args(args)
+        except (Exception, SystemExit) as exc:  # TrlParser exits on bad flags; name the row instead
+            raise AblationSpecError(f"{spec.path}: row {row!r} does not parse as an SFT recipe: {exc}") from exc
+
+
+def _fingerprint(args: Sequence[str]) -> str:
+    """Stable id of a row's arguments (a finished row is reused only when they match)."""
+    return hashlib.sha256(json.dumps(list(args)).encode()).hexdigest()[:16]
+
+
+def row_is_finished(spec: AblationSpec, row: str) -> bool:
+    """True when the row's folder holds metrics.json from a run with exactly this row's arguments."""
+    run_dir = spec.output_dir / row
+    marker = run_dir / ROW_ARGS_FILE
+    if not (run_dir / "metrics.json").is_file() or not marker.is_file():
+        return False
+    return json.loads(marker.read_text()).get("fingerprint") == _fingerprint(spec.row_args(row))
+
+
+def _launch(spec: AblationSpec, row: str, threads: int) -> tuple[subprocess.Popen, Any]:
+    """Start one row's SFT run (a fresh folder; its log under <output_dir>/logs)."""
+    run_dir = spec.output_dir / row
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # unfinished or run with other arguments: start it over
+    run_dir.mkdir(parents=True)
+    args = spec.row_args(row)
+    atomic_write_json(run_dir / ROW_ARGS_FILE, {"fingerprint": _fingerprint(args), "args": args})
+    log_path = spec.output_dir / "logs" / f"{row}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+    log = open(log_path, "wb")  # noqa: SIM115 - closed when the process ends
+    process = subprocess.Popen([sys.executable, str(SFT_SCRIPT), *args], stdout=log, stderr=subprocess.STDOUT,
+                               env=env, cwd=REPO)
+    return process, log
+
+
+def run_rows(spec: AblationSpec, only: Sequence[str] | None = None) -> dict[str, float]:
+    """Run every unfinished row, `spec.parallel` at a time; return each launched row's wall seconds."""
+    rows = [r for r in spec.rows if not only or r in only]
+    todo = [r for r in rows if not row_is_finished(spec, r)]
+    for row in rows:
+        if row not in todo:
+            print(f"  {row}: finished earlier, reused", flush=True)
+    threads = max(1, (os.cpu_count() or 1) // spec.parallel)
+    running: dict[str, tuple[subprocess.Popen, Any, float]] = {}
+    walls: dict[str, float] = {}
+    failed: list[str] = []
+    while todo or running:
+        while todo and len(running) < spec.parallel:
+            row = todo.pop(0)
+            process, log = _launch(spec, row, threads)
+            running[row] = (process, log, time.perf_counter())
+            print(f"  {row}: started ({threads} thread(s)); log {spec.output_dir / 'logs' / (row + '.log')}", flush=True)
+        time.sleep(2.0)
+        for row, (process, log, started) in list(running.items()):
+            if process.poll() is None:
+                continue
+            log.close()
+            del running[row]
+            walls[row] = time.perf_counter() - started
+            status = "done" if process.returncode == 0 else f"FAILED (exit {process.returncode})"
+            print(f"  {row}: {status} in {walls[row] / 60:.1f} min", flush=True)
+            if process.returncode != 0:
+                failed.append(row)
+    if failed:
+        logs = ", ".join(str(spec.output_dir / "logs" / f"{r}.log") for r in failed)
+        raise RuntimeError(f"ablation row(s) {failed} failed; see {logs}")
+    return walls
+
+
+def run_ablation(spec: AblationSpec, only: Sequence[str] | None = None, command: str = "",
+                 table_only: bool = False) -> Path:
+    """Run the spec's unfinished rows (none with `table_only`), then write ablation.md and ablation.json over the
+    finished rows; return the Markdown path."""
+    spec.output_dir.mkdir(parents=True, exist_ok=True)
+    print(f"ablation {spec.path} -> {spec.output_dir} ({len(spec.rows)} rows, {spec.parallel} at a time)", flush=True)
+    if not table_only:
+        run_rows(spec, only)
+    finished = [row for row in spec.rows if row_is_finished(spec, row)]
+    if spec.reference not in finished:
+        print(f"the reference row {spec.reference!r} has not finished; no table yet", flush=True)
+        return spec.output_dir / "ablation.md"
+    missing = [row for row in spec.rows if row not in finished]
+    if missing:
+        print(f"rows not run yet (listed as such in the table): {missing}", flush=True)
+    results = collect_results(spec, finished)
+    command = command or f"erc-llm ablate --spec {spec.path}"
+    atomic_write_json(spec.output_dir / "ablation.json", {"spec": str(spec.path), "command": command,
+                                                          "common": spec.common, "rows": results,
+                                                          "not_run": missing})
+    report = atomic_write_text(spec.output_dir / "ablation.md", render_table(spec, results, command))
+    print(f"table: {report}", flush=True)
+    return report
+
+
+def _cmd_ablate(args: argparse.Namespace) -> int:
+    """`erc-llm ablate`."""
+    try:
+        spec = load_spec(args.spec, args.output_dir)
+    except AblationSpecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.parallel:
+        spec.parallel = args.parallel
+    if args.dry_run:
+        for row in spec.rows:
+            state = "finished" if row_is_finished(spec, row) else "to run"
+            print(f"{row} ({state}): python {SFT_SCRIPT.relative_to(REPO)} " + " ".join(spec.row_args(row)))
+        return 0
+    run_ablation(spec, args.only, command=f"erc-llm ablate --spec {args.spec}", table_only=args.table_only)
+    return 0
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    """Add `erc-llm ablate`."""
+    p = subparsers.add_parser("ablate", help="train/evaluate one SFT run per ablation row and write the table")
+    p.add_argument("--spec", required=True, help="ablation spec YAML (recipes/<model>/ablation/<corpus>.yaml)")
+    p.add_argument("--output-dir", default=None, help="override the spec's output_dir")
+    p.add_argument("--parallel", type=int, default=None, help="override the spec's runs-at-once")
+    p.add_argument("--only", nargs="+", default=None, help="run only these rows (the table needs all)")
+    p.add_argument("--dry-run", action="store_true", help="print each row's command and state, run nothing")
+    p.add_argument("--table-only", action="store_true", help="write the table from the finished rows, train nothing")
+    p.set_defaults(func=_cmd_ablate)
