@@ -26,6 +26,32 @@ from erc_llm.prompting.answer import LabelTokens, label_tokens
 from erc_llm.prompting.templates import chat_prompt_ids
 
 
+@contextlib.contextmanager
+def inference(model, autocast_dtype: torch.dtype | None = None):
+    """Eval mode and inference_mode (plus autocast when given) for scoring, the model's state restored after.
+
+    Frozen (requires_grad=False) bf16 weights take a 4-6x slower CPU matmul path in this torch build (measured on
+    SmolLM2: 13.5 s vs 2.3 s per forward); they are flagged trainable meanwhile (no graph is recorded under
+    inference_mode) and restored afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    frozen = [p for p in model.parameters() if not p.requires_grad] if device.type == "cpu" else []
+    for param in frozen:
+        param.requires_grad_(True)
+    autocast = (torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype is not None
+                else contextlib.nullcontext())
+    try:
+        with torch.inference_mode(), autocast:
+            yield
+    finally:
+        for param in frozen:
+            param.requires_grad_(False)
+        if was_training:
+            model.train()
+
+
 class HFLabelScorer:
     """Score prompts over a label set with a causal LM (plain or PEFT-wrapped)."""
 
@@ -59,37 +85,17 @@ class HFLabelScorer:
             ids = ids[len(ids) - self.max_length:]
         return ids
 
-    def _autocast(self):
-        """bf16 autocast context when configured, else a no-op."""
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
-
     def score(self, prompts: Sequence[list[dict[str, str]]]) -> list[dict[str, float]]:
         """Probability of each label for each prompt (in input order)."""
         encoded = [self._encode(m) for m in prompts]
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         results: list[dict[str, float] | None] = [None] * len(encoded)
-        was_training = self.model.training
-        self.model.eval()
-        # Frozen (requires_grad=False) bf16 weights take a 4-6x slower CPU matmul path in this torch build
-        # (measured on SmolLM2: 13.5 s vs 2.3 s per forward); flag them during scoring (no graph is recorded under
-        # inference_mode) and restore them afterwards.
-        frozen = [p for p in self.model.parameters() if not p.requires_grad] if self.device.type == "cpu" else []
-        for param in frozen:
-            param.requires_grad_(True)
-        try:
-            with torch.inference_mode(), self._autocast():
-                for start in range(0, len(order), self.batch_size):
-                    chunk = order[start:start + self.batch_size]
-                    probs = self._score_batch([encoded[i] for i in chunk])
-                    for i, row in zip(chunk, probs.tolist()):
-                        results[i] = dict(zip(self.labels, row))
-        finally:
-            for param in frozen:
-                param.requires_grad_(False)
-            if was_training:
-                self.model.train()
+        with inference(self.model, self.autocast_dtype):
+            for start in range(0, len(order), self.batch_size):
+                chunk = order[start:start + self.batch_size]
+                probs = self._score_batch([encoded[i] for i in chunk])
+                for i, row in zip(chunk, probs.tolist()):
+                    results[i] = dict(zip(self.labels, row))
         return results  # type: ignore[return-value]
 
     def _shared_prefix(self, batch: list[list[int]]) -> int:
@@ -170,29 +176,6 @@ class HFPackedScorer:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def _autocast(self):
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
-
-    @contextlib.contextmanager
-    def _inference(self):
-        """Eval mode, no grad; frozen bf16 CPU weights flagged trainable meanwhile (their frozen matmul path is
-        several times slower in this torch build, see `HFLabelScorer.score`)."""
-        was_training = self.model.training
-        self.model.eval()
-        frozen = [p for p in self.model.parameters() if not p.requires_grad] if self.device.type == "cpu" else []
-        for param in frozen:
-            param.requires_grad_(True)
-        try:
-            with torch.inference_mode(), self._autocast():
-                yield
-        finally:
-            for param in frozen:
-                param.requires_grad_(False)
-            if was_training:
-                self.model.train()
-
     def score(self, prompts: Sequence[Messages]) -> list[dict[str, float]]:
         """Stateless scoring (every prompt from scratch)."""
         return [self._step(None, m) for m in prompts]
@@ -216,7 +199,7 @@ class HFPackedScorer:
         new = ids[len(previous):]
         self.prompt_tokens += len(new)
         self.cached_tokens += len(previous)
-        with self._inference():
+        with inference(self.model, self.autocast_dtype):
             out = self.model(input_ids=torch.tensor([new], device=self.device), past_key_values=cache, use_cache=True,
                              logits_to_keep=1)
             first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
