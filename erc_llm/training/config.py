@@ -323,9 +323,9 @@ def validate_launch(training_args: ERCSFTConfig, model_args: ERCModelConfig,
                     environ: Mapping[str, str] | None = None) -> None:
     """Refuse launchers the recipe cannot run under, with the reason and what to use instead.
 
-    FSDP and ZeRO-3 shard every weight over the processes, so any forward pass needs all of them. This recipe's
-    dev/test label scoring (dialogue-order rounds, shared across processes or on rank 0 when history links
-    dialogues) and its merged export run forward passes on some processes only; FSDP's SHARDED_STATE_DICT also
+    FSDP and ZeRO-3 shard every weight over the processes, so every forward pass is a collective step of all of
+    them. This recipe's dev/test label scoring gives each process its own share of each round's prompts, so the
+    processes run different numbers of forward passes (a hang under sharding); FSDP's SHARDED_STATE_DICT also
     writes no adapter_model.safetensors. A 3B LoRA/QLoRA run fits one GPU per process, so DDP
     (`accelerate_configs/multi_gpu.yaml`) is the multi-GPU path.
     """
@@ -333,6 +333,6 @@ def validate_launch(training_args: ERCSFTConfig, model_args: ERCModelConfig,
     if kind is not None:
         raise SFTConfigError(
             f"{kind} is not supported by recipes/sft.py: parameter sharding needs every process in every forward "
-            "pass, but dev/test label scoring and the merged export run on some processes only. A 3B LoRA/QLoRA "
-            "run fits one GPU per process: launch with recipes/accelerate_configs/multi_gpu.yaml (DDP) instead"
+            "pass, but dev/test label scoring runs a different number of forward passes on each process. A 3B "
+            "LoRA/QLoRA run fits one GPU per process: launch with recipes/accelerate_configs/multi_gpu.yaml (DDP)"
         )
