@@ -128,7 +128,9 @@ def find_dialogue(dialogues: Sequence[Dialogue], dialogue_id: str) -> Dialogue:
 
 def render_chat(messages: list[dict[str, str]], tokenizer: Any, add_generation_prompt: bool = True) -> str:
     """The prompt as the model sees it: the tokenizer's chat template (with the generation prompt)."""
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    from erc_llm.prompting.templates import apply_chat_template
+
+    return apply_chat_template(tokenizer, messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
 def render_messages_plain(messages: list[dict[str, str]]) -> str:
