@@ -37,13 +37,15 @@ from erc_llm.prompting.builder import PromptBuilder
 _TARGET_KEYS = ("target_rows", "target_cols", "target_ids", "target_weights")
 
 
-def to_records(labelled: Sequence[Labelled]) -> list[PredictionRecord]:
-    """Prediction records of labelled utterances (scores rounded for the run files)."""
+def to_records(labelled: Sequence[Labelled], dialogues: Sequence[Dialogue] = ()) -> list[PredictionRecord]:
+    """Prediction records of labelled utterances (scores rounded for the run files), each with its input
+    utterance's `meta` (extra columns/fields) when `dialogues` are given, as `erc-llm label` writes them."""
+    metas = {u.key: u.meta for d in dialogues for u in d if u.meta}
     return [
         PredictionRecord(
             dialogue_id=item.example.dialogue_id, utterance_index=item.example.index, speaker=item.example.speaker,
             text=item.example.text, pred=item.pred, gold=item.example.label, utterance_id=item.example.utterance_id,
-            scores={k: round(v, 6) for k, v in item.scores.items()},
+            scores={k: round(v, 6) for k, v in item.scores.items()}, meta=metas.get(item.example.key),
         )
         for item in labelled
     ]
@@ -110,7 +112,7 @@ class ERCSFTTrainer(SFTTrainer):
         """Label dialogues with the current model (`erc_llm.labelling.loop.label_split`); (metrics, records)."""
         labelled = label_split(dialogues, self.builder, self.label_scorer(label_bias), batch_size=64,
                                progress=not self.args.disable_tqdm)
-        records = to_records(labelled)
+        records = to_records(labelled, dialogues)
         return score_records(records, self.labels), records
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
