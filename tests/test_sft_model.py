@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from erc_llm.data import MELD_LABELS, SpeakerRegistry, load_split
 from erc_llm.offline_models import resolve_model
 from erc_llm.prompting import PromptBuilder, PromptConfig, label_tokens
+from erc_llm.prompting.templates import chat_prompt_ids
 from erc_llm.training.collator import LabelOnlyCollator
-from erc_llm.training.data import build_train_dataset, chat_prompt_ids
+from erc_llm.training.data import build_train_dataset
 
 pytestmark = pytest.mark.slow
 

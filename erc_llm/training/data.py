@@ -19,7 +19,7 @@ from datasets import Dataset
 from erc_llm.data.schema import Dialogue
 from erc_llm.prompting.answer import LabelTokens
 from erc_llm.prompting.builder import PromptExample
-from erc_llm.prompting.templates import chat_ids, chat_prompt_ids  # noqa: F401 (re-exported)
+from erc_llm.prompting.templates import chat_prompt_ids
 
 IGNORE_INDEX = -100
 
