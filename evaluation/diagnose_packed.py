@@ -52,8 +52,10 @@ def main() -> None:
 
     path = resolve_model(args.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
+    fp32 = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()  # exact arithmetic for the check
+    print(f"padding-free batch (fp32), second sequence vs alone: max |diff| {padding_free_check(fp32):.2e}")
+    del fp32
     base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
-    print(f"padding-free batch, second sequence vs alone: max |diff| {padding_free_check(base):.2e}")
     model = PeftModel.from_pretrained(base, args.checkpoint).eval()
     builder = build_prompt_builder(PromptConfig(template="erc_packed.j2", layout="packed", max_line_chars=200),
                                    args.corpus)
