@@ -258,8 +258,8 @@ def test_sharded_chained_labelling_equals_one_process(meld, layout):
 
 @pytest.mark.slow
 def test_packed_sft_recipe_runs_end_to_end(tmp_path, data_dir):
-    """recipes/sft.py in the packed layout with corpus history: trains on packed dialogues, selects on dev by packed
-    labelling, labels test, and records the layout in the run summary."""
+    """recipes/sft.py in the packed layout with corpus history and the label-set loss: trains on packed dialogues,
+    selects on dev by packed labelling, labels test, and records the layout and loss in the run summary."""
     import json
     import os
     import subprocess
@@ -272,11 +272,50 @@ def test_packed_sft_recipe_runs_end_to_end(tmp_path, data_dir):
            str(repo / "recipes" / "smollm2-135m" / "sft" / "smoke.yaml"), "--output_dir", str(out),
            "--layout", "packed", "--template", "erc_packed.j2", "--use_history", "true", "--batching", "padding_free",
            "--per_device_train_batch_size", "2", "--train_subsample", "40", "--test_split", "test",
-           "--test_subsample", "20"]
+           "--test_subsample", "20", "--label_loss", "label_set"]
     env = {**os.environ, "ERC_LLM_DATA_DIR": str(data_dir), "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "run_summary.json").read_text())
     assert summary["layout"] == "packed" and summary["train_sequences"] < summary["train_examples"]
+    assert summary["label_loss"] == "label_set"
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert rows and all(r["pred"] in r["scores"] for r in rows)
+
+
+@pytest.mark.slow
+def test_batch_of_dialogues_and_accumulated_single_dialogues_take_the_same_step(tmp_path, data_dir):
+    """One optimizer step over 4 packed dialogues: batch 4 in one flat sequence, or batch 1 with 4 accumulation
+    steps (each dialogue alone, no cross-dialogue attention work), gives the same LoRA update: the loss is the mean
+    over the step's answer tokens either way."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import torch
+    from safetensors.torch import load_file
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "ERC_LLM_DATA_DIR": str(data_dir), "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    adapters = []
+    for name, batch, accumulation in (("flat4", 4, 1), ("acc1x4", 1, 4)):
+        out = tmp_path / name
+        cmd = [sys.executable, str(repo / "recipes" / "sft.py"), "--config",
+               str(repo / "recipes" / "smollm2-135m" / "sft" / "smoke.yaml"), "--output_dir", str(out),
+               "--layout", "packed", "--template", "erc_packed.j2", "--batching", "padding_free", "--max_steps", "1",
+               "--per_device_train_batch_size", str(batch), "--gradient_accumulation_steps", str(accumulation),
+               "--train_subsample", "30", "--eval_strategy", "no", "--save_strategy", "no",
+               "--load_best_model_at_end", "false", "--dtype", "float32", "--bf16", "false",
+               "--optim", "sgd"]  # plain SGD: Adam's first step is ~lr * sign(g), which amplifies rounding noise
+        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, result.stderr[-3000:]
+        adapters.append(load_file(str(out / "adapter_model.safetensors")))
+    flat, accumulated = adapters
+    assert flat.keys() == accumulated.keys()
+    moved = [key for key in flat if "lora_B" in key]  # B starts at zero: after one step it is -lr * gradient
+    assert moved and all(float(flat[key].abs().max()) > 0 for key in moved)
+    for key in moved:  # the same update up to float32 summation order (without the step-wide mean: ~100% apart)
+        diff, size = float((flat[key] - accumulated[key]).abs().max()), float(flat[key].abs().max())
+        assert diff <= 1e-3 * size, (key, diff, size)
+    assert all(torch.equal(flat[key], accumulated[key]) for key in flat if key not in moved)  # A: zero gradient while B = 0

@@ -85,7 +85,7 @@ def test_padding_free_and_padded_batches_give_the_same_label_loss(lm, examples) 
     for padding_free in (True, False):
         batch = LabelOnlyCollator(pad_token_id=tokenizer.pad_token_id, padding_free=padding_free)(features)
         rows, cols, targets = batch.pop("target_rows"), batch.pop("target_cols"), batch.pop("target_ids")
-        batch.pop("target_weights")
+        batch.pop("target_weights"), batch.pop("target_first")
         keep, index = torch.unique(cols, return_inverse=True)
         with torch.no_grad():
             # use_cache=False as in training: transformers derives the block-diagonal mask from position_ids only

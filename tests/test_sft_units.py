@@ -69,6 +69,7 @@ def test_collator_targets_point_at_answer_tokens() -> None:
         # the logits at (row, col) predict the token at (row, col + 1)
         assert ids[batch["target_rows"], batch["target_cols"] + 1].tolist() == batch["target_ids"].tolist() == [8, 9, 3]
         assert batch["target_weights"].tolist() == [2.0, 2.0, 0.5]
+        assert batch["target_first"].tolist() == [True, False, True]
         if padding_free:
             assert ids.shape == (1, 8) and batch["position_ids"].tolist() == [[0, 1, 2, 3, 4, 0, 1, 2]]
             assert "attention_mask" not in batch
@@ -135,3 +136,30 @@ def test_label_bias_fitted_on_dev_improves_a_skewed_scorer() -> None:
         records.append(PredictionRecord("d", i, "A", "t", "neutral", gold, None, scores))
     bias, before, after = fit_label_bias(records, labels)
     assert bias["neutral"] == 0.0 and after > before and after == pytest.approx(1.0)
+
+
+def test_label_set_loss_is_a_softmax_over_the_labels_first_tokens_at_first_answer_tokens() -> None:
+    import torch.nn.functional as F
+
+    from erc_llm.training.trainer import label_token_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(4, 50)
+    targets = torch.tensor([7, 8, 3, 9])  # answers "7 8" (first, continuation) and "3", then a continuation 9
+    first = torch.tensor([True, False, True, False])
+    label_ids = torch.tensor([3, 7, 11])
+    vocab = label_token_loss(logits, targets, first, None)
+    assert torch.allclose(vocab, F.cross_entropy(logits, targets, reduction="none"))
+    restricted = label_token_loss(logits, targets, first, label_ids)
+    expected_0 = -torch.log_softmax(logits[0, label_ids], dim=0)[1]  # token 7 is the 2nd label's first token
+    expected_2 = -torch.log_softmax(logits[2, label_ids], dim=0)[0]
+    assert torch.allclose(restricted[[0, 2]], torch.stack([expected_0, expected_2]))
+    assert torch.allclose(restricted[[1, 3]], vocab[[1, 3]])  # continuation tokens keep the vocabulary loss
+    assert bool((restricted[[0, 2]] < vocab[[0, 2]]).all())  # a softmax over fewer tokens: a smaller loss
+    with pytest.raises(ValueError, match="not one of the labels' first tokens"):
+        label_token_loss(logits, torch.tensor([5, 8, 3, 9]), first, label_ids)
+
+
+def test_label_loss_must_be_known() -> None:
+    with pytest.raises(SFTConfigError, match="label_loss"):
+        ERCSFTConfig(output_dir="/tmp/x", label_loss="labels")

@@ -183,14 +183,15 @@ def _launch(spec: AblationSpec, row: str, threads: int) -> tuple[subprocess.Pope
     return process, log
 
 
-def run_rows(spec: AblationSpec, only: Sequence[str] | None = None) -> dict[str, float]:
-    """Run every unfinished row, `spec.parallel` at a time; return each launched row's wall seconds."""
+def run_rows(spec: AblationSpec, only: Sequence[str] | None = None, threads: int | None = None) -> dict[str, float]:
+    """Run every unfinished row, `spec.parallel` at a time, each with `threads` threads (default: the cores
+    shared out among the parallel rows); return each launched row's wall seconds."""
     rows = [r for r in spec.rows if not only or r in only]
     todo = [r for r in rows if not row_is_finished(spec, r)]
     for row in rows:
         if row not in todo:
             print(f"  {row}: finished earlier, reused", flush=True)
-    threads = max(1, (os.cpu_count() or 1) // spec.parallel)
+    threads = threads or max(1, (os.cpu_count() or 1) // spec.parallel)
     running: dict[str, tuple[subprocess.Popen, Any, float]] = {}
     walls: dict[str, float] = {}
     failed: list[str] = []
@@ -218,13 +219,13 @@ def run_rows(spec: AblationSpec, only: Sequence[str] | None = None) -> dict[str,
 
 
 def run_ablation(spec: AblationSpec, only: Sequence[str] | None = None, command: str = "",
-                 table_only: bool = False) -> Path:
+                 table_only: bool = False, threads: int | None = None) -> Path:
     """Run the spec's unfinished rows (none with `table_only`), then write ablation.md and ablation.json over the
     finished rows; return the Markdown path."""
     spec.output_dir.mkdir(parents=True, exist_ok=True)
     print(f"ablation {spec.path} -> {spec.output_dir} ({len(spec.rows)} rows, {spec.parallel} at a time)", flush=True)
     if not table_only:
-        run_rows(spec, only)
+        run_rows(spec, only, threads)
     finished = [row for row in spec.rows if row_is_finished(spec, row)]
     if spec.reference not in finished:
         print(f"the reference row {spec.reference!r} has not finished; no table yet", flush=True)
@@ -256,7 +257,8 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
             state = "finished" if row_is_finished(spec, row) else "to run"
             print(f"{row} ({state}): python {SFT_SCRIPT.relative_to(REPO)} " + " ".join(spec.row_args(row)))
         return 0
-    run_ablation(spec, args.only, command=f"erc-llm ablate --spec {args.spec}", table_only=args.table_only)
+    run_ablation(spec, args.only, command=f"erc-llm ablate --spec {args.spec}", table_only=args.table_only,
+                 threads=args.threads)
     return 0
 
 
@@ -266,6 +268,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--spec", required=True, help="ablation spec YAML (recipes/<model>/ablation/<corpus>.yaml)")
     p.add_argument("--output-dir", default=None, help="override the spec's output_dir")
     p.add_argument("--parallel", type=int, default=None, help="override the spec's runs-at-once")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads per row (default: the machine's cores shared out among the parallel rows)")
     p.add_argument("--only", nargs="+", default=None, help="run only these rows (the table needs all)")
     p.add_argument("--dry-run", action="store_true", help="print each row's command and state, run nothing")
     p.add_argument("--table-only", action="store_true", help="write the table from the finished rows, train nothing")

@@ -2,8 +2,9 @@
 
 Besides the model inputs, a batch carries `target_rows`/`target_cols` (the positions whose next-token logits
 predict an answer token), `target_ids` (those answer tokens) and `target_weights` (the example's class weight per
-answer token; packed sequences carry `label_weights`, one per position). The trainer asks the model for logits at those positions only (`logits_to_keep`), so the
-vocabulary projection runs over a handful of positions instead of every token.
+answer token; packed sequences carry `label_weights`, one per position) and `target_first` (whether the token is
+the first of its answer, the one labelling scores). The trainer asks the model for logits at those positions only
+(`logits_to_keep`), so the vocabulary projection runs over a handful of positions instead of every token.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class LabelOnlyCollator:
         labels = [list(f["labels"]) for f in features]
         weights = [float(f.get("weight", 1.0)) for f in features]
         per_token = [f.get("label_weights") for f in features]  # packed sequences: one class weight per target
-        rows, cols, targets, target_weights = [], [], [], []
+        rows, cols, targets, target_weights, first = [], [], [], [], []
         offset = 0
         for i, (seq, lab) in enumerate(zip(ids, labels)):
             for pos in range(1, len(seq)):
@@ -38,6 +39,7 @@ class LabelOnlyCollator:
                     cols.append(offset + pos - 1 if self.padding_free else pos - 1)
                     targets.append(lab[pos])
                     target_weights.append(float(per_token[i][pos]) if per_token[i] is not None else weights[i])
+                    first.append(lab[pos - 1] == IGNORE_INDEX)
             if self.padding_free:
                 offset += len(seq)
         batch: dict[str, torch.Tensor] = {
@@ -45,6 +47,7 @@ class LabelOnlyCollator:
             "target_cols": torch.tensor(cols, dtype=torch.long),
             "target_ids": torch.tensor(targets, dtype=torch.long),
             "target_weights": torch.tensor(target_weights, dtype=torch.float32),
+            "target_first": torch.tensor(first, dtype=torch.bool),
         }
         if self.padding_free:
             # Restarting position_ids mark the boundaries; transformers masks across them (block-diagonal causal).

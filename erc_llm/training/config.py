@@ -28,6 +28,7 @@ from erc_llm.prompting.config import PromptConfig
 SUBSAMPLE_STRATEGIES = ("random", "stratified", "sqrt", "balanced")
 CLASS_WEIGHTINGS = ("none", "inverse", "sqrt_inverse")
 BATCHINGS = ("padding_free", "length_grouped", "padded")
+LABEL_LOSSES = ("vocabulary", "label_set")
 
 
 class SFTConfigError(ValueError):
@@ -127,6 +128,15 @@ class ERCSFTConfig(SFTConfig):
             "their mean over training examples is 1, then clipped to max_class_weight."
         },
     )
+    label_loss: str = field(
+        default="vocabulary",
+        metadata={
+            "help": "'vocabulary': cross-entropy over the whole vocabulary at every answer token; 'label_set': at "
+            "each answer's first token a softmax over the labels' first tokens only (what labelling scores), so no "
+            "step is spent moving mass onto the label words; later answer tokens keep the vocabulary loss. "
+            "'label_set' needs labels whose first tokens differ."
+        },
+    )
     max_class_weight: float = field(
         default=10.0, metadata={"help": "Upper bound of a class weight after normalisation (rare-class spikes)."}
     )
@@ -179,6 +189,8 @@ class ERCSFTConfig(SFTConfig):
     def __post_init__(self) -> None:
         if self.class_weighting not in CLASS_WEIGHTINGS:
             raise SFTConfigError(f"class_weighting must be one of {CLASS_WEIGHTINGS}, got {self.class_weighting!r}")
+        if self.label_loss not in LABEL_LOSSES:
+            raise SFTConfigError(f"label_loss must be one of {LABEL_LOSSES}, got {self.label_loss!r}")
         if self.batching not in BATCHINGS:
             raise SFTConfigError(f"batching must be one of {BATCHINGS}, got {self.batching!r}")
         if self.packing or self.padding_free:

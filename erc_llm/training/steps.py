@@ -30,7 +30,14 @@ from erc_llm.prompting.builder import PromptBuilder
 from erc_llm.prompting.dataset import build_prompt_builder
 from erc_llm.prompting.templates import template_text
 from erc_llm.training.collator import LabelOnlyCollator
-from erc_llm.training.config import ERCDataArguments, ERCModelConfig, ERCSFTConfig, dump_yaml, resolved_config
+from erc_llm.training.config import (
+    ERCDataArguments,
+    ERCModelConfig,
+    ERCSFTConfig,
+    SFTConfigError,
+    dump_yaml,
+    resolved_config,
+)
 from erc_llm.training.curves import TrainingCurvesCallback
 from erc_llm.training.data import (
     build_train_dataset,
@@ -125,6 +132,9 @@ def build_trainer(
     from erc_llm.prompting.answer import label_tokens
 
     answer = label_tokens(tokenizer, builder.label_set.labels)
+    if training_args.label_loss == "label_set" and not answer.first_token_unique:
+        raise SFTConfigError("label_loss: label_set needs labels whose first tokens differ for this tokenizer "
+                             f"({builder.label_set.labels}); use label_loss: vocabulary")
     if builder.config.layout == "packed":
         dataset, weights, info = packed_train_data(builder, splits, tokenizer, answer, training_args, train_size, seed)
     else:
@@ -147,8 +157,9 @@ def build_trainer(
         model=model, args=training_args, train_dataset=dataset, eval_dataset=dialogue_index_dataset(splits.dev),
         processing_class=tokenizer, data_collator=collator, peft_config=lora_config(model_args, model),
         callbacks=callbacks, builder=builder, eval_dialogues=splits.dev,
+        label_first_ids=answer.first_ids if training_args.label_loss == "label_set" else None,
     )
-    info.update(layout=builder.config.layout, class_weights={k: round(v, 4) for k, v in weights.items()},
+    info.update(layout=builder.config.layout, label_loss=training_args.label_loss, class_weights={k: round(v, 4) for k, v in weights.items()},
                 answer_first_token_unique=answer.first_token_unique)
     return trainer, info
 

@@ -5,9 +5,12 @@ for logits at those positions only (`logits_to_keep`), and
 
     loss = sum_t w_(y(t)) * CE_t / T
 
-over the T answer tokens of the (micro-)batch, where w is the class weight of the token's example (mean 1 over
-the training examples, see `erc_llm.training.data.class_weights`). Dividing by T rather than by sum(w) keeps the
-weights effective inside a batch whose examples all share one class.
+over the T answer tokens of the optimizer step (all its gradient-accumulation micro-batches), where w is the
+class weight of the token's example (mean 1 over the training examples, see
+`erc_llm.training.data.class_weights`). Dividing by T rather than by sum(w) keeps the weights effective inside a
+batch whose examples all share one class; dividing by the step's T (not the micro-batch's) makes batch 4 and
+batch 1 x 4 accumulation steps the same objective. CE_t is over the whole vocabulary, or with
+`label_loss: label_set` at an answer's first token over the labels' first tokens only (`label_first_ids`).
 
 Evaluation. `evaluate()` labels the dev dialogues with `erc_llm.labelling.loop.label_split` (the labelling
 package's driver, either prompt layout; constrained label scoring, history from the model's own predictions) and
@@ -34,7 +37,7 @@ from erc_llm.labelling.loop import Labelled, label_split
 from erc_llm.labelling.scorers import HFLabelScorer, HFPackedScorer
 from erc_llm.prompting.builder import PromptBuilder
 
-_TARGET_KEYS = ("target_rows", "target_cols", "target_ids", "target_weights")
+_TARGET_KEYS = ("target_rows", "target_cols", "target_ids", "target_weights", "target_first")
 
 
 def to_records(labelled: Sequence[Labelled], dialogues: Sequence[Dialogue] = ()) -> list[PredictionRecord]:
@@ -59,15 +62,33 @@ def score_records(records: Sequence[PredictionRecord], labels: Sequence[str]) ->
     return compute_metrics([r.gold for r in scored], [r.pred for r in scored], labels)
 
 
+def label_token_loss(logits: torch.Tensor, targets: torch.Tensor, first: torch.Tensor,
+                     label_first_ids: torch.Tensor | None) -> torch.Tensor:
+    """Per-token cross-entropy of the answer tokens: over the vocabulary, or (label_first_ids given) at first
+    answer tokens over the labels' first tokens only, the distribution labelling scores."""
+    loss = F.cross_entropy(logits, targets, reduction="none")
+    if label_first_ids is None or not bool(first.any()):
+        return loss
+    ids = label_first_ids.to(logits.device)
+    hits = targets[first].unsqueeze(1) == ids.unsqueeze(0)  # (n_first, K): which label each first token starts
+    if not bool(hits.any(dim=1).all()):
+        raise ValueError("label_loss=label_set: an answer's first token is not one of the labels' first tokens")
+    restricted = F.cross_entropy(logits[first][:, ids], hits.float().argmax(dim=1), reduction="none")
+    return loss.masked_scatter(first, restricted)
+
+
 class ERCSFTTrainer(SFTTrainer):
     """SFTTrainer whose loss is class-weighted on label tokens and whose evaluation is dev label scoring."""
 
-    def __init__(self, *args, builder: PromptBuilder, eval_dialogues: Sequence[Dialogue], **kwargs) -> None:
+    def __init__(self, *args, builder: PromptBuilder, eval_dialogues: Sequence[Dialogue],
+                 label_first_ids: Sequence[int] | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        # label_loss == label_set: the labels' first token ids; the loss at first answer tokens is over these only
+        self.label_first_ids = torch.tensor(list(label_first_ids), dtype=torch.long) if label_first_ids else None
         self.builder = builder
         self.eval_dialogues = list(eval_dialogues)
         self.labels = list(builder.label_set.labels)
-        self.loss_is_scaled_for_ga = False  # our loss is a per-micro-batch mean: let Trainer divide by GA steps
+        self.loss_is_scaled_for_ga = True  # compute_loss divides by the answer tokens of the whole accumulated step
         self.train_tokens = 0
         self.train_compute_seconds = 0.0
         self.dev_records: dict[int, list[PredictionRecord]] = {}
@@ -79,14 +100,20 @@ class ERCSFTTrainer(SFTTrainer):
             self._signature_columns = ["input_ids", "labels", "label_weights", "weight", "length"]
 
     # ---- loss -------------------------------------------------------------------------------------------
+    def _get_num_items_in_batch(self, batch_samples: list, device) -> int:
+        """Answer tokens in this process's micro-batches of one optimizer step: the loss is their (weighted) mean
+        however the step is split, so batch 4 and batch 1 x 4 accumulation steps train the same objective."""
+        return sum(int(batch["target_ids"].numel()) for batch in batch_samples)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         started = time.perf_counter()
-        rows, cols, target_ids, weights = (inputs.pop(k) for k in _TARGET_KEYS)
+        rows, cols, target_ids, weights, first = (inputs.pop(k) for k in _TARGET_KEYS)
         keep, col_index = torch.unique(cols, return_inverse=True)
         outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
         logits = outputs.logits[rows, col_index].float()
-        token_loss = F.cross_entropy(logits, target_ids, reduction="none")
-        loss = (token_loss * weights).sum() / max(1, target_ids.numel())
+        token_loss = label_token_loss(logits, target_ids, first, self.label_first_ids)
+        # T = the step's answer tokens over all accumulated micro-batches (Trainer passes num_items_in_batch)
+        loss = (token_loss * weights).sum() / max(1, int(num_items_in_batch or target_ids.numel()))
         if model.training:
             mask = inputs.get("attention_mask")
             self.train_tokens += int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
