@@ -120,3 +120,10 @@ def test_table_lists_rows_not_run_yet(tmp_path: Path) -> None:
     table = run_ablation(spec, table_only=True).read_text()
     assert "| +history |" in table and "**not run yet**" in table
     assert json.loads((spec.output_dir / "ablation.json").read_text())["not_run"] == ["+history"]
+
+
+def test_sources_name_the_packed_layouts_whole_dialogue() -> None:
+    from erc_llm.evaluation.ablation import _sources
+
+    assert _sources({"layout": "packed", "past_window": 8, "use_history": True}) == "dialogue so far + history"
+    assert _sources({"layout": "per_utterance", "past_window": 2, "use_biography": True}) == "context(2) + bio"

@@ -27,8 +27,10 @@ class AblationSpecError(ValueError):
 
 
 def _sources(config: Mapping[str, Any]) -> str:
-    """The prompt's context sources of a resolved run config, e.g. 'context(2) + bio + history'."""
-    parts = [f"context({config.get('past_window', '?')})"]
+    """The prompt's context sources of a resolved run config, e.g. 'context(2) + bio + history' (per utterance:
+    the previous-line window) or 'dialogue so far + history' (packed: every earlier line with its label)."""
+    packed = config.get("layout") == "packed"
+    parts = ["dialogue so far" if packed else f"context({config.get('past_window', '?')})"]
     parts += [short for flag, short in SOURCE_FLAGS if config.get(flag)]
     return " + ".join(parts)
 
