@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -82,6 +83,9 @@ def run_demo(out: Path, test_dialogues: int = 12, data_dir: str | None = None, s
     print(f"  {time.perf_counter() - t:.0f} s")
 
     t = _banner(4, total, f"label: vLLM on the first {test_dialogues} MELD test dialogues with the adapter")
+    # Relabelled on every run (about a minute): after an upgrade that changes the engine settings or the adapter,
+    # an earlier demo's labelling folder would otherwise be refused as a resume with other settings.
+    shutil.rmtree(out / "label", ignore_errors=True)
     _run([py, RECIPES / "label.py", "--config", RECIPES / "smollm2-135m" / "label" / "meld_test.yaml",
           "--adapter", out / "sft", "--max_dialogues", str(test_dialogues), "--output_dir", out / "label",
           "--index_dir", indices, *data], out / "logs" / "label.log")

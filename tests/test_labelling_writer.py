@@ -49,3 +49,16 @@ def test_label_config_validation(tmp_path):
     with pytest.raises(ValueError, match="no label set"):
         resolve_label_input(LabelConfig(corpus=str(mine)))
     assert LabelConfig(engine_args='{"max_model_len": 512}').engine_args == {"max_model_len": 512}
+
+
+def test_resume_mismatch_is_one_error_line_from_a_recipe(tmp_path, capsys) -> None:
+    from erc_llm.data.cli import run_guarded
+
+    ResumableWriter(tmp_path, {"model": "a"})
+
+    def relabel(_args):
+        ResumableWriter(tmp_path, {"model": "b"})
+
+    assert run_guarded(relabel, None) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "different settings (model)" in err and "Traceback" not in err

@@ -23,8 +23,9 @@ PARTIAL_NAME = "labels.partial.jsonl"
 RUN_NAME = "run.json"
 
 
-class ResumeMismatchError(RuntimeError):
-    """The output folder holds a run made with another model, adapter, prompt config or input."""
+class ResumeMismatchError(ValueError):
+    """The output folder holds a run made with another model, adapter, prompt config or input (a ValueError: the
+    commands and recipes report it as one `error:` line, exit 2)."""
 
 
 class ResumableWriter:
