@@ -159,7 +159,8 @@ def build_trainer(
         callbacks=callbacks, builder=builder, eval_dialogues=splits.dev,
         label_first_ids=answer.first_ids if training_args.label_loss == "label_set" else None,
     )
-    info.update(layout=builder.config.layout, label_loss=training_args.label_loss, class_weights={k: round(v, 4) for k, v in weights.items()},
+    info.update(layout=builder.config.layout, label_loss=training_args.label_loss,
+                class_weights={k: round(v, 4) for k, v in weights.items()},
                 answer_first_token_unique=answer.first_token_unique)
     return trainer, info
 

@@ -66,15 +66,17 @@ def label_token_loss(logits: torch.Tensor, targets: torch.Tensor, first: torch.T
                      label_first_ids: torch.Tensor | None) -> torch.Tensor:
     """Per-token cross-entropy of the answer tokens: over the vocabulary, or (label_first_ids given) at first
     answer tokens over the labels' first tokens only, the distribution labelling scores."""
-    loss = F.cross_entropy(logits, targets, reduction="none")
     if label_first_ids is None or not bool(first.any()):
-        return loss
+        return F.cross_entropy(logits, targets, reduction="none")
     ids = label_first_ids.to(logits.device)
     hits = targets[first].unsqueeze(1) == ids.unsqueeze(0)  # (n_first, K): which label each first token starts
     if not bool(hits.any(dim=1).all()):
         raise ValueError("label_loss=label_set: an answer's first token is not one of the labels' first tokens")
-    restricted = F.cross_entropy(logits[first][:, ids], hits.float().argmax(dim=1), reduction="none")
-    return loss.masked_scatter(first, restricted)
+    loss = logits.new_empty(targets.shape)
+    loss[first] = F.cross_entropy(logits[first][:, ids], hits.float().argmax(dim=1), reduction="none")
+    rest = ~first  # continuation and end-of-turn tokens: over the vocabulary (no vocabulary CE at first tokens)
+    loss[rest] = F.cross_entropy(logits[rest], targets[rest], reduction="none")
+    return loss
 
 
 class ERCSFTTrainer(SFTTrainer):
