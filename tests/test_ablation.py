@@ -66,6 +66,24 @@ def test_rows_are_reused_only_when_their_arguments_match(tmp_path: Path) -> None
     assert not row_is_finished(spec, "context")
 
 
+def test_a_row_spelled_differently_with_the_same_settings_is_reused(tmp_path: Path) -> None:
+    """A finished row is matched by the settings its run saved, not only by the literal arguments: a spec that pins
+    in `common` what its base config used to say is the same experiment (the Qwen ablations' one-epoch pin)."""
+    from erc_llm.training.config import dump_yaml, parse_sft_args, resolved_config
+
+    spec = load_spec(write_spec(tmp_path / "spec.yaml"), validate=False)
+    run_dir = spec.output_dir / "context"
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.json").write_text("{}")
+    (run_dir / ROW_ARGS_FILE).write_text(json.dumps({"fingerprint": _fingerprint(spec.row_args("context"))}))
+    (run_dir / "erc_config.yaml").write_text(dump_yaml(resolved_config(*parse_sft_args(spec.row_args("context")))))
+    epochs = parse_sft_args(spec.row_args("context"))[1].num_train_epochs
+    spec.common["num_train_epochs"] = epochs  # new arguments, same settings
+    assert row_is_finished(spec, "context")
+    spec.common["num_train_epochs"] = epochs + 1  # other settings: train it again
+    assert not row_is_finished(spec, "context")
+
+
 def fake_row(run_dir: Path, preds: list[str], gold: list[str], config: dict) -> None:
     records = [PredictionRecord(f"d{i // 4}", i % 4, "s", "t", p, g) for i, (p, g) in enumerate(zip(preds, gold))]
     write_predictions(run_dir, records)

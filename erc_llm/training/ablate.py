@@ -157,13 +157,35 @@ def _fingerprint(args: Sequence[str]) -> str:
     return hashlib.sha256(json.dumps(list(args)).encode()).hexdigest()[:16]
 
 
+# Settings that name where a run writes, not what it trains: ignored when a finished row is matched by settings.
+_WHERE_FIELDS = frozenset({"output_dir", "logging_dir", "run_name", "hub_model_id"})
+
+
+def _same_settings(spec: AblationSpec, row: str) -> bool:
+    """True when the row's saved erc_config.yaml equals what the row's arguments resolve to today (so a spec that
+    spells the same experiment differently, e.g. pins in `common` what its base config used to say, reuses it)."""
+    from erc_llm.training.config import dump_yaml, parse_sft_args, resolved_config
+
+    saved_path = spec.output_dir / row / "erc_config.yaml"
+    if not saved_path.is_file():
+        return False
+    saved = yaml.safe_load(saved_path.read_text()) or {}
+    wanted = yaml.safe_load(dump_yaml(resolved_config(*parse_sft_args(spec.row_args(row))))) or {}
+    return {k: v for k, v in saved.items() if k not in _WHERE_FIELDS} == {
+        k: v for k, v in wanted.items() if k not in _WHERE_FIELDS
+    }
+
+
 def row_is_finished(spec: AblationSpec, row: str) -> bool:
-    """True when the row's folder holds metrics.json from a run with exactly this row's arguments."""
+    """True when the row's folder holds metrics.json from a run with this row's arguments, or with other arguments
+    that resolve to exactly the same settings (compared with the run's saved erc_config.yaml)."""
     run_dir = spec.output_dir / row
     marker = run_dir / ROW_ARGS_FILE
-    if not (run_dir / "metrics.json").is_file() or not marker.is_file():
+    if not (run_dir / "metrics.json").is_file():
         return False
-    return json.loads(marker.read_text()).get("fingerprint") == _fingerprint(spec.row_args(row))
+    if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == _fingerprint(spec.row_args(row)):
+        return True
+    return _same_settings(spec, row)
 
 
 def _launch(spec: AblationSpec, row: str, threads: int) -> tuple[subprocess.Popen, Any]:
