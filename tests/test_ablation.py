@@ -82,6 +82,15 @@ def test_a_row_spelled_differently_with_the_same_settings_is_reused(tmp_path: Pa
     assert row_is_finished(spec, "context")
     spec.common["num_train_epochs"] = epochs + 1  # other settings: train it again
     assert not row_is_finished(spec, "context")
+    # a run saved before a setting existed behaved as its default: reused while the row keeps the default
+    del spec.common["num_train_epochs"]
+    saved = yaml.safe_load((run_dir / "erc_config.yaml").read_text())
+    assert saved.pop("label_loss") == "vocabulary"
+    (run_dir / "erc_config.yaml").write_text(dump_yaml(saved))
+    (run_dir / ROW_ARGS_FILE).unlink()
+    assert row_is_finished(spec, "context")
+    spec.common["label_loss"] = "label_set"
+    assert not row_is_finished(spec, "context")
 
 
 def fake_row(run_dir: Path, preds: list[str], gold: list[str], config: dict) -> None:

@@ -21,6 +21,7 @@ an interrupted ablation resumes with the same command; a half-written row is rer
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -171,14 +172,40 @@ def _same_settings(spec: AblationSpec, row: str) -> bool:
         return False
     saved = yaml.safe_load(saved_path.read_text()) or {}
     wanted = yaml.safe_load(dump_yaml(resolved_config(*parse_sft_args(spec.row_args(row))))) or {}
-    return {k: v for k, v in saved.items() if k not in _WHERE_FIELDS} == {
-        k: v for k, v in wanted.items() if k not in _WHERE_FIELDS
-    }
+    defaults = _field_defaults()
+    for key, value in wanted.items():
+        if key in _WHERE_FIELDS:
+            continue
+        # a setting added after the run was saved: the run behaved as its default did
+        if saved.get(key, defaults.get(key, _MISSING)) != value:
+            return False
+    return True
+
+
+_MISSING = object()
+
+
+def _field_defaults() -> dict[str, Any]:
+    """Default value of every SFT setting, serialised as erc_config.yaml saves it."""
+    from erc_llm.training.config import ERCDataArguments, ERCModelConfig, ERCSFTConfig
+
+    out: dict[str, Any] = {}
+    for cls in (ERCDataArguments, ERCSFTConfig, ERCModelConfig):
+        for f in dataclasses.fields(cls):
+            if f.default is not dataclasses.MISSING:
+                value = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                value = f.default_factory()
+            else:
+                continue
+            out[f.name] = value if isinstance(value, (str, int, float, bool, type(None), list, dict)) else str(value)
+    return yaml.safe_load(yaml.safe_dump(out)) or {}
 
 
 def row_is_finished(spec: AblationSpec, row: str) -> bool:
     """True when the row's folder holds metrics.json from a run with this row's arguments, or with other arguments
-    that resolve to exactly the same settings (compared with the run's saved erc_config.yaml)."""
+    that resolve to exactly the same settings (compared with the run's saved erc_config.yaml; a setting the toolkit
+    gained after that run counts as its default)."""
     run_dir = spec.output_dir / row
     marker = run_dir / ROW_ARGS_FILE
     if not (run_dir / "metrics.json").is_file():
