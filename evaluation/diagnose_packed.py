@@ -65,8 +65,10 @@ def main() -> None:
     labels = list(builder.label_set.labels)
     scorer = HFPackedScorer(model, tokenizer, labels)
     items = label_dialogues_packed(dev, builder, scorer, progress=False)
-    gold = [i.example.label for i in items]
-    own = [i.pred for i in items]
+    # the labeller returns items in its own (wave) order: align everything by dialogue and position
+    own_by_line = {(i.example.dialogue_id, i.example.index): i.pred for i in items}
+    gold = [u.label for d in dev for u in d]
+    own = [own_by_line[(d.id, r)] for d in dev for r in range(len(d))]
     forced = []
     for d in dev:  # teacher forcing: gold inline labels (a diagnosis only, never a reported score)
         inline = [u.label for u in d]
@@ -75,14 +77,16 @@ def main() -> None:
             s = scorer.score_streams([(d.id, packed_messages(builder, d, 0, r + 1, inline[:r], None, header=head))])[0]
             forced.append(max(s, key=s.get))
         scorer.end_streams([d.id])
-    later = [k for k in range(1, len(items)) if items[k].example.index > 0]
+    positions = [r for d in dev for r in range(len(d))]
+    later = [k for k, r in enumerate(positions) if r > 0]
     print(f"{len(items)} dev lines in {len(dev)} dialogues")
     print(f"own inline labels: W-F1 {100 * compute_metrics(gold, own, labels)['weighted_f1']:.1f}; "
           f"predicted {collections.Counter(own).most_common()}")
     print(f"gold inline labels: W-F1 {100 * compute_metrics(gold, forced, labels)['weighted_f1']:.1f}; "
           f"predicted {collections.Counter(forced).most_common()}")
     print(f"gold {collections.Counter(gold).most_common()}")
-    print(f"repeats the previous line's label: predictions {sum(own[k] == own[k - 1] for k in later) / len(later):.3f}, "
+    print(f"repeats the previous line's label: own {sum(own[k] == own[k - 1] for k in later) / len(later):.3f}, "
+          f"teacher-forced {sum(forced[k] == forced[k - 1] for k in later) / len(later):.3f}, "
           f"gold {sum(gold[k] == gold[k - 1] for k in later) / len(later):.3f}")
     print("command: " + shlex.join(["python", "evaluation/diagnose_packed.py", *sys.argv[1:]]))
 
