@@ -160,6 +160,7 @@ def _fingerprint(args: Sequence[str]) -> str:
 
 # Settings that name where a run writes, not what it trains: ignored when a finished row is matched by settings.
 _WHERE_FIELDS = frozenset({"output_dir", "logging_dir", "run_name", "hub_model_id"})
+_MISSING = object()
 
 
 def _same_settings(spec: AblationSpec, row: str) -> bool:
@@ -182,12 +183,9 @@ def _same_settings(spec: AblationSpec, row: str) -> bool:
     return True
 
 
-_MISSING = object()
-
-
 def _field_defaults() -> dict[str, Any]:
     """Default value of every SFT setting, serialised as erc_config.yaml saves it."""
-    from erc_llm.training.config import ERCDataArguments, ERCModelConfig, ERCSFTConfig
+    from erc_llm.training.config import ERCDataArguments, ERCModelConfig, ERCSFTConfig, plain_value
 
     out: dict[str, Any] = {}
     for cls in (ERCDataArguments, ERCSFTConfig, ERCModelConfig):
@@ -198,7 +196,7 @@ def _field_defaults() -> dict[str, Any]:
                 value = f.default_factory()
             else:
                 continue
-            out[f.name] = value if isinstance(value, (str, int, float, bool, type(None), list, dict)) else str(value)
+            out[f.name] = plain_value(value)
     return yaml.safe_load(yaml.safe_dump(out)) or {}
 
 

@@ -276,13 +276,18 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> tuple[ERCDat
     return parse_sft_args(["--config", str(path), *overrides])
 
 
+def plain_value(value: Any) -> Any:
+    """A setting as erc_config.yaml saves it: JSON/YAML scalars and containers as they are, anything else as str."""
+    return value if isinstance(value, (str, int, float, bool, type(None), list, dict)) else str(value)
+
+
 def resolved_config(*configs: Any) -> dict[str, Any]:
     """All fields of the parsed dataclasses as one flat JSON/YAML-ready dict (saved beside the adapter)."""
     out: dict[str, Any] = {}
     for cfg in configs:
         values = cfg.to_dict() if hasattr(cfg, "to_dict") else dataclasses.asdict(cfg)
         for key, value in values.items():
-            out[key] = value if isinstance(value, (str, int, float, bool, type(None), list, dict)) else str(value)
+            out[key] = plain_value(value)
     return out
 
 
