@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import itertools
 import random
 import shlex
 import sys
@@ -42,7 +43,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from erc_llm.data import load_split
-    from erc_llm.evaluation.metrics import compute_metrics
+    from erc_llm.evaluation.metrics import compute_metrics, previous_label_repeat_rate
     from erc_llm.labelling.packed import label_dialogues_packed
     from erc_llm.labelling.scorers import HFPackedScorer
     from erc_llm.offline_models import resolve_model
@@ -77,17 +78,19 @@ def main() -> None:
             s = scorer.score_streams([(d.id, packed_messages(builder, d, 0, r + 1, inline[:r], None, header=head))])[0]
             forced.append(max(s, key=s.get))
         scorer.end_streams([d.id])
-    positions = [r for d in dev for r in range(len(d))]
-    later = [k for k, r in enumerate(positions) if r > 0]
+    def by_dialogue(flat: list[str]) -> list[list[str]]:
+        starts = list(itertools.accumulate((len(d) for d in dev), initial=0))
+        return [flat[a:b] for a, b in zip(starts, starts[1:])]
+
     print(f"{len(items)} dev lines in {len(dev)} dialogues")
     print(f"own inline labels: W-F1 {100 * compute_metrics(gold, own, labels)['weighted_f1']:.1f}; "
           f"predicted {collections.Counter(own).most_common()}")
     print(f"gold inline labels: W-F1 {100 * compute_metrics(gold, forced, labels)['weighted_f1']:.1f}; "
           f"predicted {collections.Counter(forced).most_common()}")
     print(f"gold {collections.Counter(gold).most_common()}")
-    print(f"repeats the previous line's label: own {sum(own[k] == own[k - 1] for k in later) / len(later):.3f}, "
-          f"teacher-forced {sum(forced[k] == forced[k - 1] for k in later) / len(later):.3f}, "
-          f"gold {sum(gold[k] == gold[k - 1] for k in later) / len(later):.3f}")
+    print(f"repeats the previous line's label: own {previous_label_repeat_rate(by_dialogue(own)):.3f}, "
+          f"teacher-forced {previous_label_repeat_rate(by_dialogue(forced)):.3f}, "
+          f"gold {previous_label_repeat_rate(by_dialogue(gold)):.3f}")
     print("command: " + shlex.join(["python", "evaluation/diagnose_packed.py", *sys.argv[1:]]))
 
 

@@ -7,22 +7,25 @@ gold labels, and accuracy split by repeat / change: a symptom of a labeller cond
 from __future__ import annotations
 
 import argparse
+import itertools
 import shlex
 import sys
 from pathlib import Path
 
 from erc_llm.evaluation import read_predictions
+from erc_llm.evaluation.metrics import previous_label_repeat_rate
 
 
 def repeat_rates(path: Path) -> dict[str, float]:
     """Repeat rates and conditional accuracies over every line that has a previous line in its dialogue."""
     lines = sorted(read_predictions(path), key=lambda r: (r.dialogue_id, r.utterance_index))
-    pairs = [(a, b) for a, b in zip(lines, lines[1:]) if a.dialogue_id == b.dialogue_id]
+    dialogues = [list(g) for _, g in itertools.groupby(lines, key=lambda r: r.dialogue_id)]
+    pairs = [(a, b) for d in dialogues for a, b in zip(d, d[1:])]
     repeat = [b for a, b in pairs if b.pred == a.pred]
     change = [b for a, b in pairs if b.pred != a.pred]
     return {
-        "pred_repeats": len(repeat) / len(pairs),
-        "gold_repeats": sum(b.gold == a.gold for a, b in pairs) / len(pairs),
+        "pred_repeats": previous_label_repeat_rate([[r.pred for r in d] for d in dialogues]),
+        "gold_repeats": previous_label_repeat_rate([[r.gold for r in d] for d in dialogues]),
         "accuracy_when_repeating": sum(r.pred == r.gold for r in repeat) / max(len(repeat), 1),
         "accuracy_when_changing": sum(r.pred == r.gold for r in change) / max(len(change), 1),
     }

@@ -25,6 +25,7 @@ from erc_llm.evaluation import (
     write_predictions,
 )
 from erc_llm.evaluation.bootstrap import iter_resample_indices
+from erc_llm.evaluation.metrics import previous_label_repeat_rate
 from erc_llm.io import atomic_open, atomic_write_json, atomic_write_text
 
 MELD_LABELS = ["neutral", "joy", "surprise", "anger", "sadness", "disgust", "fear"]
@@ -305,3 +306,10 @@ def test_read_metrics_rejects_wrong_schema(tmp_path: Path) -> None:
         read_metrics(tmp_path)
     with pytest.raises(FileNotFoundError, match="metrics.json"):
         read_metrics(tmp_path / "nowhere")
+
+
+def test_previous_label_repeat_rate_counts_within_dialogues_only() -> None:
+    # pairs: (a,a) (a,b) | (b,b) ; the b->b across the dialogue boundary is not a pair, one-line dialogues add none
+    assert previous_label_repeat_rate([["a", "a", "b"], ["b", "b"], ["c"]]) == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="no dialogue has two lines"):
+        previous_label_repeat_rate([["a"], []])

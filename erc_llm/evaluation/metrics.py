@@ -7,12 +7,12 @@ still counts in the macro average; the weighted average weights each label by it
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
-__all__ = ["METRIC_NAMES", "compute_metrics"]
+__all__ = ["METRIC_NAMES", "compute_metrics", "previous_label_repeat_rate"]
 
 METRIC_NAMES: tuple[str, ...] = ("weighted_f1", "macro_f1", "accuracy")
 
@@ -124,3 +124,18 @@ def compute_metrics(gold: Sequence[str], pred: Sequence[str], labels: Sequence[s
         "n": len(gold_codes),
         "labels": label_list,
     }
+
+
+def previous_label_repeat_rate(dialogues: Iterable[Sequence[str]]) -> float:
+    """Share of lines, after each dialogue's first, whose label equals the previous line's label.
+
+    ``dialogues`` holds each dialogue's labels in line order (gold or predicted). A labeller that conditions on its
+    own earlier labels shows it as a rate above the gold one. Raises ValueError when no dialogue has two lines.
+    """
+    pairs = repeats = 0
+    for labels in dialogues:
+        pairs += max(len(labels) - 1, 0)
+        repeats += sum(a == b for a, b in zip(labels, labels[1:]))
+    if pairs == 0:
+        raise ValueError("no dialogue has two lines: the repeat rate is undefined")
+    return repeats / pairs
