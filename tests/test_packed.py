@@ -9,15 +9,16 @@ import pytest
 import torch
 
 from erc_llm.data import load_split
+from erc_llm.evaluation import PredictionRecord, write_predictions
 from erc_llm.labelling.packed import label_dialogues_packed
 from erc_llm.labelling.scorers import HFPackedScorer
 from erc_llm.prompting import PromptConfig
 from erc_llm.prompting.answer import label_tokens
 from erc_llm.prompting.dataset import build_prompt_builder
-from erc_llm.prompting.packed import packed_messages
+from erc_llm.prompting.packed import packed_messages, scene_history
 from erc_llm.prompting.templates import chat_ids, chat_prompt_ids
 from erc_llm.training.data import IGNORE_INDEX, class_weights
-from erc_llm.training.packed import build_packed_train_dataset
+from erc_llm.training.packed import build_packed_train_dataset, load_inline_predictions
 
 PACKED = PromptConfig(template="erc_packed.j2", layout="packed", use_history=True, history_window=3)
 
@@ -319,3 +320,42 @@ def test_batch_of_dialogues_and_accumulated_single_dialogues_take_the_same_step(
         diff, size = float((flat[key] - accumulated[key]).abs().max()), float(flat[key].abs().max())
         assert diff <= 1e-3 * size, (key, diff, size)
     assert all(torch.equal(flat[key], accumulated[key]) for key in flat if key not in moved)  # A: zero gradient while B = 0
+
+
+def test_inline_predictions_are_shown_and_gold_is_still_the_target(meld, smollm2, tmp_path):
+    builder, train, _ = meld
+    _, tokenizer = smollm2
+    answer = label_tokens(tokenizer, builder.label_set.labels)
+    dialogues = train[:20]
+    labels = list(builder.label_set.labels)
+    # an "earlier model" that always says the label after gold in the label list (never gold)
+    wrong = {u.key: labels[(labels.index(u.label) + 1) % len(labels)] for d in dialogues for u in d}
+    path = tmp_path / "predictions.jsonl"
+    write_predictions(path, [PredictionRecord(dialogue_id=k[0], utterance_index=k[1], speaker="s", text="t", pred=p)
+                             for k, p in wrong.items()])
+    inline = load_inline_predictions(path, dialogues, labels)
+    data, stats = build_packed_train_dataset(dialogues, builder, tokenizer, answer, {}, 4096, inline_labels=inline)
+    assert stats.predicted_inline_labels == sum(len(d) for d in dialogues)
+    firsts = {answer.ids[label][0] for label in labels}
+    for row, dialogue in zip(data, dialogues):
+        no_history = scene_history(builder, dialogue, None, ())  # history on, no tracker: empty per speaker
+        shown = packed_messages(builder, dialogue, 0, len(dialogue), inline[dialogue.id], no_history)
+        assert row["input_ids"] == chat_ids(tokenizer, shown, add_generation_prompt=False)  # predictions inline
+        trained = [t for t in row["labels"] if t != IGNORE_INDEX]
+        assert trained == [answer.ids[u.label][0] for u in dialogue]  # only gold first tokens
+        assert set(trained) <= firsts
+
+
+def test_inline_predictions_must_cover_every_training_line(meld, tmp_path):
+    builder, train, _ = meld
+    dialogues = train[:3]
+    labels = list(builder.label_set.labels)
+    path = tmp_path / "predictions.jsonl"
+    records = [PredictionRecord(dialogue_id=u.dialogue_id, utterance_index=u.index, speaker="s", text="t",
+                                pred=u.label) for d in dialogues for u in d]
+    write_predictions(path, records[:-1])
+    with pytest.raises(ValueError, match=rf"{path}.* no prediction for 1 of the training lines"):
+        load_inline_predictions(path, dialogues, labels)
+    write_predictions(path, [dataclasses.replace(records[0], pred="bored"), *records[1:]])
+    with pytest.raises(ValueError, match=rf"{path}: record 1 .*'bored'"):
+        load_inline_predictions(path, dialogues, labels)

@@ -182,6 +182,15 @@ class ERCSFTConfig(SFTConfig):
             "model's own predictions); the loss at such a line still targets gold."
         },
     )
+    packed_inline_predictions: str | None = field(
+        default=None,
+        metadata={
+            "help": "Packed layout only: predictions.jsonl (or its run folder) of an earlier model on the training "
+            "split (`erc-llm label --adapter <run> --split train`); its labels are shown inline in training in place "
+            "of gold, so training sees the kind of inline errors labelling does (targets stay gold). Every training "
+            "line needs a prediction."
+        },
+    )
     eval_at_start: bool = field(
         default=False, metadata={"help": "Score the dev split before the first step (zero-shot reference)."}
     )

@@ -9,13 +9,18 @@ Exposure bias. At test time the inline labels are the model's own predictions, i
 `label_noise = p`, a fraction p of the inline labels *shown* to later lines is replaced by a label drawn from the
 training label distribution (other than gold); the loss at that line still targets the gold label's first token
 (the rest of that answer is not trained, as its tokens are the replacement's).
+
+The noise is random; a model's own errors are not (it repeats its previous label). `inline_labels` shows instead an
+earlier model's predictions on the training split (`load_inline_predictions`, from `erc-llm label --split train`),
+so training sees inline labels with the errors a labeller makes; targets stay gold, as with noise.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from datasets import Dataset
 
@@ -39,6 +44,7 @@ class PackedStats:
     mean_length: float
     max_length: int
     noised_labels: int
+    predicted_inline_labels: int = 0  # inline labels taken from `inline_labels` that differ from gold
 
     @property
     def tokens_per_target(self) -> float:
@@ -102,18 +108,19 @@ def _chunks(lengths: Sequence[int], header: int, max_length: int | None) -> list
 def build_packed_train_dataset(
     dialogues: Sequence[Dialogue], builder: PromptBuilder, tokenizer, answer: LabelTokens,
     weights: dict[str, float], max_length: int | None, with_end: bool = True, label_noise: float = 0.0,
-    seed: int = 0, history: EmotionHistory | None = None,
+    seed: int = 0, history: EmotionHistory | None = None, inline_labels: Mapping[str, Sequence[str]] | None = None,
 ) -> tuple[Dataset, PackedStats]:
     """A `datasets.Dataset` of packed sequences (input_ids, labels, label_weights, weight, length, targets).
 
     `history` is a gold-label tracker over the training split (`builder.gold_history`) when history is on.
+    `inline_labels` (dialogue id -> one label per line) replaces the gold labels shown inline, before any noise.
     """
     rng = random.Random(seed)
     prior = [u.label for d in dialogues for u in d if u.label is not None]
     starts = dialogue_start_keys(dialogues)
     rows: dict[str, list] = {"input_ids": [], "labels": [], "label_weights": [], "weight": [], "length": [],
                              "targets": []}
-    chunked = noised = targets = 0
+    chunked = noised = predicted = targets = 0
     for dialogue in dialogues:
         if not dialogue.utterances:
             continue
@@ -121,7 +128,10 @@ def build_packed_train_dataset(
         if any(label is None for label in gold):
             raise ValueError(f"{dialogue.id}: the packed layout trains on fully labelled dialogues; "
                              f"line(s) {[i for i, g in enumerate(gold) if g is None]} have no label")
-        shown = list(gold)
+        shown = list(gold) if inline_labels is None else list(inline_labels[dialogue.id])
+        if len(shown) != len(gold):
+            raise ValueError(f"{dialogue.id}: {len(shown)} inline labels for {len(gold)} lines")
+        predicted += sum(s != g for s, g in zip(shown, gold))
         if label_noise > 0:
             for i, label in enumerate(gold):
                 if rng.random() < label_noise:
@@ -158,8 +168,32 @@ def build_packed_train_dataset(
     lengths = rows["length"] or [0]
     stats = PackedStats(dialogues=len(dialogues), sequences=len(rows["input_ids"]), targets=targets,
                         chunked_dialogues=chunked, mean_length=sum(lengths) / len(lengths), max_length=max(lengths),
-                        noised_labels=noised)
+                        noised_labels=noised, predicted_inline_labels=predicted)
     return Dataset.from_dict(rows), stats
+
+
+def load_inline_predictions(path: str | Path, dialogues: Sequence[Dialogue], labels: Sequence[str]
+                            ) -> dict[str, list[str]]:
+    """Per training dialogue, an earlier model's predicted label of every line, from its predictions.jsonl.
+
+    Raises ValueError naming the file (and its line) for a label outside `labels`, and naming the first missing
+    line and how many are missing when the file does not cover every line of `dialogues` (e.g. it labels dev).
+    """
+    from erc_llm.evaluation import read_predictions
+
+    source = Path(path)
+    by_key: dict[tuple[str, int], str] = {}
+    for row, record in enumerate(read_predictions(source), start=1):
+        if record.pred not in labels:
+            raise ValueError(f"{source}: record {row} ({record.dialogue_id!r} line {record.utterance_index}) "
+                             f"predicts {record.pred!r}, not one of {list(labels)}")
+        by_key[record.key] = record.pred
+    missing = [u.key for d in dialogues for u in d if u.key not in by_key]
+    if missing:
+        raise ValueError(f"{source} has no prediction for {len(missing)} of the training lines (first: dialogue "
+                         f"{missing[0][0]!r} line {missing[0][1]}); label the training split with the same data "
+                         f"(erc-llm label --adapter <run> --split train)")
+    return {d.id: [by_key[u.key] for u in d] for d in dialogues}
 
 
 def _line_lengths(tokenizer, builder: PromptBuilder, dialogue: Dialogue, shown: Sequence[str],

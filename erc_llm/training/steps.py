@@ -135,6 +135,9 @@ def build_trainer(
     if training_args.label_loss == "label_set" and not answer.first_token_unique:
         raise SFTConfigError("label_loss: label_set needs labels whose first tokens differ for this tokenizer "
                              f"({builder.label_set.labels}); use label_loss: vocabulary")
+    if builder.config.layout != "packed" and (training_args.packed_inline_predictions or training_args.packed_label_noise):
+        raise SFTConfigError("packed_inline_predictions / packed_label_noise change the inline labels of the packed "
+                             "layout; this run uses layout: per_utterance")
     if builder.config.layout == "packed":
         dataset, weights, info = packed_train_data(builder, splits, tokenizer, answer, training_args, train_size, seed)
     else:
@@ -177,21 +180,24 @@ def packed_train_data(builder: PromptBuilder, splits: CorpusSplits, tokenizer, a
                       train_size: int | None, seed: int):
     """(dataset, class weights, info) of the packed layout: whole training dialogues (about `train_size` lines)."""
     from erc_llm.prompting.dataset import warm_sources
-    from erc_llm.training.packed import build_packed_train_dataset
+    from erc_llm.training.packed import build_packed_train_dataset, load_inline_predictions
 
     dialogues = subsample_dialogues(splits.train, train_size, seed)
     labels = [u.label for d in dialogues for u in d if u.label is not None]
     weights = class_weights(labels, training_args.class_weighting, training_args.max_class_weight)
     warm_sources(builder, dialogues)
     history = builder.gold_history(splits.train) if builder.config.use_history else None  # whole training split
+    inline = training_args.packed_inline_predictions
+    inline_labels = load_inline_predictions(inline, dialogues, builder.label_set.labels) if inline else None
     dataset, stats = build_packed_train_dataset(
         dialogues, builder, tokenizer, answer, weights, training_args.max_length,
         with_end=training_args.train_on_end_token, label_noise=training_args.packed_label_noise, seed=seed,
-        history=history)
+        history=history, inline_labels=inline_labels)
     info = {"train_examples": stats.targets, "train_dialogues": stats.dialogues, "train_sequences": stats.sequences,
             "train_label_counts": label_counts(labels), "chunked_dialogues": stats.chunked_dialogues,
             "mean_tokens_per_sequence": round(stats.mean_length, 1), "max_tokens_per_sequence": stats.max_length,
-            "mean_tokens_per_example": round(stats.tokens_per_target, 1), "noised_inline_labels": stats.noised_labels}
+            "mean_tokens_per_example": round(stats.tokens_per_target, 1), "noised_inline_labels": stats.noised_labels,
+            "predicted_inline_labels_not_gold": stats.predicted_inline_labels}
     return dataset, weights, info
 
 
