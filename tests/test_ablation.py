@@ -16,6 +16,7 @@ from erc_llm.training.ablate import (
     _fingerprint,
     collect_results,
     load_spec,
+    prepare_row_dir,
     render_table,
     row_is_finished,
     run_ablation,
@@ -154,3 +155,17 @@ def test_sources_name_the_packed_layouts_whole_dialogue() -> None:
 
     assert _sources({"layout": "packed", "past_window": 8, "use_history": True}) == "dialogue so far + history"
     assert _sources({"layout": "per_utterance", "past_window": 2, "use_biography": True}) == "context(2) + bio"
+
+
+def test_an_unfinished_row_continues_and_a_changed_row_starts_over(tmp_path: Path) -> None:
+    """A row interrupted mid-training keeps its checkpoints for sft.py to resume from; other arguments wipe it."""
+    spec = load_spec(write_spec(tmp_path / "spec.yaml"), validate=False)
+    run_dir = prepare_row_dir(spec, "context")
+    (run_dir / "checkpoint-208").mkdir()
+    assert not row_is_finished(spec, "context")
+    prepare_row_dir(spec, "context")  # same arguments: continued
+    assert (run_dir / "checkpoint-208").is_dir()
+    spec.common["train_subsample"] = 99  # other arguments: another experiment
+    prepare_row_dir(spec, "context")
+    assert not (run_dir / "checkpoint-208").exists()
+    assert json.loads((run_dir / ROW_ARGS_FILE).read_text())["fingerprint"] == _fingerprint(spec.row_args("context"))

@@ -14,7 +14,8 @@ A spec is a YAML file (see `recipes/smollm2-135m/ablation/`)::
 
 Every row runs `recipes/sft.py --config base_config` with `common` then the row's overrides as CLI flags, into
 `<output_dir>/<row>/`. A row whose run folder holds `metrics.json` written with the same arguments is reused, so
-an interrupted ablation resumes with the same command; a half-written row is rerun from scratch. The table
+an interrupted ablation resumes with the same command: an unfinished row started with the same arguments continues
+from its last checkpoint (sft.py resumes), one started with other arguments is rerun from scratch. The table
 (`ablation.md` + `ablation.json`) reports rows that hurt as plainly as rows that help.
 """
 
@@ -213,18 +214,28 @@ def row_is_finished(spec: AblationSpec, row: str) -> bool:
     return _same_settings(spec, row)
 
 
-def _launch(spec: AblationSpec, row: str, threads: int) -> tuple[subprocess.Popen, Any]:
-    """Start one row's SFT run (a fresh folder; its log under <output_dir>/logs)."""
+def prepare_row_dir(spec: AblationSpec, row: str) -> Path:
+    """The row's run folder, ready to launch: kept when an unfinished run with the same arguments left it (sft.py
+    resumes from its last checkpoint), emptied when it was started with other arguments."""
     run_dir = spec.output_dir / row
-    if run_dir.exists():
-        shutil.rmtree(run_dir)  # unfinished or run with other arguments: start it over
-    run_dir.mkdir(parents=True)
     args = spec.row_args(row)
-    atomic_write_json(run_dir / ROW_ARGS_FILE, {"fingerprint": _fingerprint(args), "args": args})
+    marker = run_dir / ROW_ARGS_FILE
+    same = marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == _fingerprint(args)
+    if run_dir.exists() and not same:
+        shutil.rmtree(run_dir)  # run with other arguments: start it over
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(marker, {"fingerprint": _fingerprint(args), "args": args})
+    return run_dir
+
+
+def _launch(spec: AblationSpec, row: str, threads: int) -> tuple[subprocess.Popen, Any]:
+    """Start (or continue) one row's SFT run; its log under <output_dir>/logs."""
+    prepare_row_dir(spec, row)
+    args = spec.row_args(row)
     log_path = spec.output_dir / "logs" / f"{row}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
-    log = open(log_path, "wb")  # noqa: SIM115 - closed when the process ends
+    log = open(log_path, "ab")  # noqa: SIM115 - closed when the process ends; a continued row appends
     process = subprocess.Popen([sys.executable, str(SFT_SCRIPT), *args], stdout=log, stderr=subprocess.STDOUT,
                                env=env, cwd=REPO)
     return process, log
