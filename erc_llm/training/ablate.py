@@ -201,30 +201,30 @@ def _field_defaults() -> dict[str, Any]:
     return yaml.safe_load(yaml.safe_dump(out)) or {}
 
 
+def _started_with_row_args(spec: AblationSpec, row: str) -> bool:
+    """True when the row's folder was last launched with exactly this row's arguments (its marker file says so)."""
+    marker = spec.output_dir / row / ROW_ARGS_FILE
+    return marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == _fingerprint(spec.row_args(row))
+
+
 def row_is_finished(spec: AblationSpec, row: str) -> bool:
     """True when the row's folder holds metrics.json from a run with this row's arguments, or with other arguments
     that resolve to exactly the same settings (compared with the run's saved erc_config.yaml; a setting the toolkit
     gained after that run counts as its default)."""
-    run_dir = spec.output_dir / row
-    marker = run_dir / ROW_ARGS_FILE
-    if not (run_dir / "metrics.json").is_file():
+    if not (spec.output_dir / row / "metrics.json").is_file():
         return False
-    if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == _fingerprint(spec.row_args(row)):
-        return True
-    return _same_settings(spec, row)
+    return _started_with_row_args(spec, row) or _same_settings(spec, row)
 
 
 def prepare_row_dir(spec: AblationSpec, row: str) -> Path:
     """The row's run folder, ready to launch: kept when an unfinished run with the same arguments left it (sft.py
     resumes from its last checkpoint), emptied when it was started with other arguments."""
     run_dir = spec.output_dir / row
-    args = spec.row_args(row)
-    marker = run_dir / ROW_ARGS_FILE
-    same = marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == _fingerprint(args)
-    if run_dir.exists() and not same:
+    if run_dir.exists() and not _started_with_row_args(spec, row):
         shutil.rmtree(run_dir)  # run with other arguments: start it over
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(marker, {"fingerprint": _fingerprint(args), "args": args})
+    args = spec.row_args(row)
+    atomic_write_json(run_dir / ROW_ARGS_FILE, {"fingerprint": _fingerprint(args), "args": args})
     return run_dir
 
 
