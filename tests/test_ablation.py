@@ -169,3 +169,18 @@ def test_an_unfinished_row_continues_and_a_changed_row_starts_over(tmp_path: Pat
     prepare_row_dir(spec, "context")
     assert not (run_dir / "checkpoint-208").exists()
     assert json.loads((run_dir / ROW_ARGS_FILE).read_text())["fingerprint"] == _fingerprint(spec.row_args("context"))
+
+
+def test_an_unfinished_row_spelled_differently_with_the_same_settings_continues(tmp_path: Path) -> None:
+    """The MELD `+biography` case: the spec pinned in `common` what the base config said when the row started; the
+    row's checkpoints are kept (its saved erc_config.yaml shows the same settings), and its marker is renewed."""
+    from erc_llm.training.config import dump_yaml, parse_sft_args, resolved_config
+
+    spec = load_spec(write_spec(tmp_path / "spec.yaml"), validate=False)
+    run_dir = prepare_row_dir(spec, "context")
+    (run_dir / "erc_config.yaml").write_text(dump_yaml(resolved_config(*parse_sft_args(spec.row_args("context")))))
+    (run_dir / "checkpoint-208").mkdir()
+    spec.common["num_train_epochs"] = parse_sft_args(spec.row_args("context"))[1].num_train_epochs
+    prepare_row_dir(spec, "context")
+    assert (run_dir / "checkpoint-208").is_dir()
+    assert json.loads((run_dir / ROW_ARGS_FILE).read_text())["fingerprint"] == _fingerprint(spec.row_args("context"))

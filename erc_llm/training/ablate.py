@@ -201,26 +201,26 @@ def _field_defaults() -> dict[str, Any]:
     return yaml.safe_load(yaml.safe_dump(out)) or {}
 
 
-def _started_with_row_args(spec: AblationSpec, row: str) -> bool:
-    """True when the row's folder was last launched with exactly this row's arguments (its marker file says so)."""
+def _row_dir_matches(spec: AblationSpec, row: str) -> bool:
+    """True when the row's folder holds a run of this row's experiment: launched with exactly this row's arguments
+    (its marker file says so), or with other arguments that resolve to the same settings (its saved
+    erc_config.yaml; a setting the toolkit gained after that run counts as its default)."""
     marker = spec.output_dir / row / ROW_ARGS_FILE
-    return marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == _fingerprint(spec.row_args(row))
+    if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == _fingerprint(spec.row_args(row)):
+        return True
+    return _same_settings(spec, row)
 
 
 def row_is_finished(spec: AblationSpec, row: str) -> bool:
-    """True when the row's folder holds metrics.json from a run with this row's arguments, or with other arguments
-    that resolve to exactly the same settings (compared with the run's saved erc_config.yaml; a setting the toolkit
-    gained after that run counts as its default)."""
-    if not (spec.output_dir / row / "metrics.json").is_file():
-        return False
-    return _started_with_row_args(spec, row) or _same_settings(spec, row)
+    """True when the row's folder holds metrics.json from a run of this row's experiment (`_row_dir_matches`)."""
+    return (spec.output_dir / row / "metrics.json").is_file() and _row_dir_matches(spec, row)
 
 
 def prepare_row_dir(spec: AblationSpec, row: str) -> Path:
-    """The row's run folder, ready to launch: kept when an unfinished run with the same arguments left it (sft.py
-    resumes from its last checkpoint), emptied when it was started with other arguments."""
+    """The row's run folder, ready to launch: kept when an unfinished run of the same experiment left it (sft.py
+    resumes from its last checkpoint), emptied when it was started with other settings."""
     run_dir = spec.output_dir / row
-    if run_dir.exists() and not _started_with_row_args(spec, row):
+    if run_dir.exists() and not _row_dir_matches(spec, row):
         shutil.rmtree(run_dir)  # run with other arguments: start it over
     run_dir.mkdir(parents=True, exist_ok=True)
     args = spec.row_args(row)
