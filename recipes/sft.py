@@ -29,6 +29,7 @@ from erc_llm.offline_models import resolve_model
 from erc_llm.training.config import parse_sft_args
 from erc_llm.training.steps import (
     Stopwatch,
+    add_train_timer,
     build_trainer,
     ddp_find_unused,
     evaluate_test,
@@ -81,6 +82,7 @@ def main() -> None:
     resume = resume_checkpoint(training_args)
     if resume:
         logger.info("resuming from %s", resume)
+    train_timer = add_train_timer(trainer, resume)  # train_seconds.json in each checkpoint: whole time over resumes
     train_result = trainer.train(resume_from_checkpoint=resume)
     train_seconds = clock.total() - started
 
@@ -92,7 +94,8 @@ def main() -> None:
     dev_records = selected_dev_records(trainer, splits.dev)
     summary = {
         "world_size": world_size(), "model": model_args.model_name_or_path, "corpus": data_args.corpus,
-        **data_info, "train_seconds": round(train_seconds, 1), "train_steps": train_result.global_step,
+        **data_info, "train_seconds": round(train_seconds, 1),
+        "train_seconds_all_parts": train_timer.all_parts(train_seconds), "train_steps": train_result.global_step,
         "train_loss": round(train_result.training_loss, 4), "train_tokens_per_process": trainer.train_tokens,
         "train_tokens_per_second": round(trainer.train_tokens * world_size() / max(train_seconds, 1e-6), 1),
         "best_checkpoint": trainer.state.best_model_checkpoint, "best_dev_metric": trainer.state.best_metric,

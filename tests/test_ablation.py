@@ -184,3 +184,17 @@ def test_an_unfinished_row_spelled_differently_with_the_same_settings_continues(
     prepare_row_dir(spec, "context")
     assert (run_dir / "checkpoint-208").is_dir()
     assert json.loads((run_dir / ROW_ARGS_FILE).read_text())["fingerprint"] == _fingerprint(spec.row_args("context"))
+
+
+def test_training_minutes_count_every_part_of_a_resumed_run() -> None:
+    """A resumed row's table entry is its whole training time, or says that an earlier part was not timed."""
+    from erc_llm.evaluation.ablation import _minutes_all_parts, _train_time
+
+    assert _minutes_all_parts({"train_seconds": 600.0}) == 10.0  # never interrupted
+    assert _minutes_all_parts({"train_seconds": 600.0, "resumed_from": "c-2", "train_seconds_all_parts": 1200.0}) == 20.0
+    untimed = {"train_seconds": 1116.0, "resumed_from": "c-208"}  # resumed from a checkpoint without its time
+    assert _minutes_all_parts(untimed) is None
+    assert _train_time({"train_minutes": 18.6, "train_minutes_all_parts": None}) == (
+        "18.6 + earlier part not timed (resumed)")
+    assert _train_time({"train_minutes": 18.6, "train_minutes_all_parts": 135.0}) == "135.0"
+

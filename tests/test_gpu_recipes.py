@@ -134,6 +134,8 @@ def test_qwen_3b_recipe_two_processes_train_resume_merge_and_vllm(tiny_qwen2: Pa
     first = _torchrun([*base, "--merge_adapter", "false", "--test_split", "None"], tmp_path, env)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-6000:]
     assert (out / "checkpoint-2").is_dir() and (out / "checkpoint-4").is_dir()
+    first_part = json.loads((out / "checkpoint-2" / "train_seconds.json").read_text())["train_seconds"]
+    assert 0 < first_part <= json.loads((out / "run_summary.json").read_text())["train_seconds"]
     shutil.rmtree(out / "checkpoint-4")
     for leftover in ("adapter_model.safetensors", "run_summary.json", "metrics.json"):
         (out / leftover).unlink()
@@ -145,6 +147,8 @@ def test_qwen_3b_recipe_two_processes_train_resume_merge_and_vllm(tiny_qwen2: Pa
     summary = json.loads((out / "run_summary.json").read_text())
     assert summary["world_size"] == 2 and summary["train_steps"] == 4
     assert summary["resumed_from"] and summary["resumed_from"].endswith("checkpoint-2")
+    # the training time counts both parts: the interrupted run's up to checkpoint-2, and this one's
+    assert summary["train_seconds_all_parts"] == round(first_part + summary["train_seconds"], 1)
     assert summary["ddp_find_unused_parameters"] is False  # the recipe's ddp_find_unused_parameters: false
     assert summary["best_checkpoint"] and summary["merged_dir"] == str(out / "merged")
     adapter = load_file(str(out / "adapter_model.safetensors"))

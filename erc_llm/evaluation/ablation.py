@@ -75,11 +75,29 @@ def collect_results(spec: Any, rows: Sequence[str] | None = None,
             "dev_weighted_f1": summary.get("dev_weighted_f1"), "train_examples": summary.get("train_examples"),
             "mean_tokens_per_example": summary.get("mean_tokens_per_example"),
             "train_minutes": round(summary.get("train_seconds", 0.0) / 60, 1),
+            "train_minutes_all_parts": _minutes_all_parts(summary),
             "total_minutes": round(summary.get("total_seconds", 0.0) / 60, 1),
             "delta_vs_reference": {"common_utterances": len(common_keys), "common_dialogues": len(set(groups)),
                                    "interval": ci_description(n_resamples), **delta},
         })
     return results
+
+
+def _minutes_all_parts(summary: dict[str, Any]) -> float | None:
+    """Training minutes over every part of a run that was interrupted and resumed (None when a part was not
+    timed: resumed from a checkpoint written before checkpoints carried their time)."""
+    if "train_seconds_all_parts" in summary:
+        seconds = summary["train_seconds_all_parts"]
+    else:  # a summary from before the key existed: whole only when the run was not resumed
+        seconds = None if summary.get("resumed_from") else summary.get("train_seconds", 0.0)
+    return None if seconds is None else round(seconds / 60, 1)
+
+
+def _train_time(result: dict[str, Any]) -> str:
+    """The table's training minutes; a resumed run whose earlier part was not timed says so."""
+    if result.get("train_minutes_all_parts") is not None:
+        return str(result["train_minutes_all_parts"])
+    return f"{result['train_minutes']} + earlier part not timed (resumed)"
 
 
 def _pct(value: float | None) -> str:
@@ -118,7 +136,7 @@ def render_table(spec: Any, results: Sequence[dict[str, Any]], command: str) -> 
             f"| {r['row']} | {r['sources']} | {r['class_weighting']} | {r['train_examples']} "
             f"| {r['mean_tokens_per_example']} | {_pct(r['dev_weighted_f1'])} | **{_pct(r['weighted_f1'])}** "
             f"| {delta} | {_pct(r['weighted_f1_without_bias'])} | {_pct(r['macro_f1'])} | {_pct(r['accuracy'])} "
-            f"| {r['train_minutes']} |")
+            f"| {_train_time(r)} |")
     done = {r["row"] for r in results}
     for row in spec.rows:
         if row not in done:

@@ -16,7 +16,13 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from transformers import AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    EarlyStoppingCallback,
+    PreTrainedTokenizerBase,
+    TrainerCallback,
+)
 from trl import get_peft_config, get_quantization_config
 
 from erc_llm.data.labels import LabelSet
@@ -326,6 +332,41 @@ def resume_checkpoint(training_args: ERCSFTConfig) -> str | None:
         return str(asked)
     out = Path(training_args.output_dir)
     return get_last_checkpoint(str(out)) if out.is_dir() else None
+
+
+TRAIN_SECONDS_FILE = "train_seconds.json"  # in every checkpoint: training seconds of all runs that led to it
+
+
+class TrainSecondsCallback(TrainerCallback):
+    """Writes into each checkpoint the training wall seconds spent up to it, over the interrupted runs it resumed
+    from too, so a resumed run reports its whole training time (None once a part was not timed)."""
+
+    def __init__(self, before: float | None) -> None:
+        self.before = before
+        self.started = time.perf_counter()
+
+    def all_parts(self, this_run: float) -> float | None:
+        """Training seconds over every part: the earlier parts' plus `this_run` (None when an earlier part was
+        not timed)."""
+        return None if self.before is None else round(self.before + this_run, 1)
+
+    def on_save(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201 - the TrainerCallback signature
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero and checkpoint.is_dir():
+            atomic_write_json(checkpoint / TRAIN_SECONDS_FILE,
+                              {"train_seconds": self.all_parts(time.perf_counter() - self.started)})
+
+
+def add_train_timer(trainer: ERCSFTTrainer, resume: str | None) -> TrainSecondsCallback:
+    """Time training across resumes: the seconds before `resume` come from its train_seconds.json (None when the
+    checkpoint has none, e.g. written before this existed)."""
+    before: float | None = 0.0
+    if resume:
+        path = Path(resume) / TRAIN_SECONDS_FILE
+        before = json.loads(path.read_text()).get("train_seconds") if path.is_file() else None
+    timer = TrainSecondsCallback(before)
+    trainer.add_callback(timer)
+    return timer
 
 
 def selected_dev_records(trainer: ERCSFTTrainer, dev: Sequence[Dialogue]) -> list[PredictionRecord]:
