@@ -350,7 +350,7 @@ class TrainSecondsCallback(TrainerCallback):
         not timed)."""
         return None if self.before is None else round(self.before + this_run, 1)
 
-    def on_save(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201 - the TrainerCallback signature
+    def on_save(self, args, state, control, **kwargs):
         checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if state.is_world_process_zero and checkpoint.is_dir():
             atomic_write_json(checkpoint / TRAIN_SECONDS_FILE,
