@@ -197,4 +197,3 @@ def test_training_minutes_count_every_part_of_a_resumed_run() -> None:
     assert _train_time({"train_minutes": 18.6, "train_minutes_all_parts": None}) == (
         "18.6 + earlier part not timed (resumed)")
     assert _train_time({"train_minutes": 18.6, "train_minutes_all_parts": 135.0}) == "135.0"
-

@@ -13,9 +13,10 @@ A spec is a YAML file (see `recipes/smollm2-135m/ablation/`)::
       +biography: {use_biography: true}
 
 Every row runs `recipes/sft.py --config base_config` with `common` then the row's overrides as CLI flags, into
-`<output_dir>/<row>/`. A row whose run folder holds `metrics.json` written with the same arguments is reused, so
-an interrupted ablation resumes with the same command: an unfinished row started with the same arguments continues
-from its last checkpoint (sft.py resumes), one started with other arguments is rerun from scratch. The table
+`<output_dir>/<row>/`. A row whose run folder holds `metrics.json` from the same settings (the same arguments, or
+others that resolve to the same erc_config.yaml) is reused, so an interrupted ablation resumes with the same
+command: an unfinished row of the same settings continues from its last checkpoint (sft.py resumes), one started
+with other settings is rerun from scratch. The table
 (`ablation.md` + `ablation.json`) reports rows that hurt as plainly as rows that help.
 """
 
