@@ -63,6 +63,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--utterances", type=int, default=400)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=1, help="run the arms this many times in turn; report medians")
+    p.add_argument("--arms", nargs="+", default=list(LAYOUTS), choices=list(LAYOUTS),
+                   help="run only these arms (a diagnosis; the JSON is written only when every arm ran)")
     p.add_argument("--out", default=str(OUT))
     return p.parse_args()
 
@@ -92,12 +94,14 @@ def main() -> None:
     runs: dict[str, list[dict]] = {layout: [] for layout in LAYOUTS}
     with tempfile.TemporaryDirectory(prefix="bench-sft-packed-") as tmp:
         for repeat in range(args.repeats):
-            for layout in LAYOUTS:
+            for layout in args.arms:
                 r = run(layout, args, Path(tmp) / f"{layout}-{repeat}")
                 runs[layout].append(r)
                 print(f"{layout:>18} #{repeat + 1}: {r['utterances']} utterances in {r['seconds']} s = "
                       f"{r['utterances_per_second']} utt/s ({r['mean_tokens_per_utterance']} tokens per utterance)",
                       flush=True)
+    if set(args.arms) != set(LAYOUTS):
+        return
     results: dict = {}
     for layout, done in runs.items():
         ranked = sorted(done, key=lambda r: r["utterances_per_second"])
