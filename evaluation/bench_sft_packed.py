@@ -101,6 +101,7 @@ def main() -> None:
                       f"{r['utterances_per_second']} utt/s ({r['mean_tokens_per_utterance']} tokens per utterance)",
                       flush=True)
     if set(args.arms) != set(LAYOUTS):
+        print(f"only {args.arms} ran: {args.out} not written (it needs every arm)")
         return
     results: dict = {}
     for layout, done in runs.items():
