@@ -31,16 +31,14 @@ BENCH = REPO / "evaluation" / "bench_sft_packed.json"
 def token_budget(config: str) -> dict[str, float]:
     """Mean tokens per training line of a packed recipe, split into header / line text / label / markup."""
     from transformers import AutoTokenizer
-    from trl import TrlParser
 
     from erc_llm.offline_models import resolve_model
     from erc_llm.prompting.packed import dialogue_start_keys, header_messages, line_text, packed_messages, scene_history
     from erc_llm.prompting.templates import chat_ids
-    from erc_llm.training.config import ERCDataArguments, ERCModelConfig, ERCSFTConfig
+    from erc_llm.training.config import parse_sft_args
     from erc_llm.training.steps import load_corpus, make_prompt_builder
 
-    parser = TrlParser((ERCDataArguments, ERCSFTConfig, ERCModelConfig))
-    data_args, _, model_args = parser.parse_args_and_config(["--config", config, "--output_dir", "/tmp/unused"])
+    data_args, _, model_args = parse_sft_args(["--config", config])
     splits = load_corpus(data_args)
     builder = make_prompt_builder(data_args, splits)
     if builder.config.layout != "packed":
