@@ -26,6 +26,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "evaluation" / "bench_sft_packed.json"
+SHORT = 200  # tokens: dialogues this short make small matrices, less efficient per token on the CPU
 
 
 def token_budget(config: str) -> dict[str, float]:
@@ -50,18 +51,20 @@ def token_budget(config: str) -> dict[str, float]:
 
     history = builder.gold_history(splits.train) if builder.config.use_history else None
     starts = dialogue_start_keys(splits.train)
-    total = header = text = label = lines = 0
+    total = header = text = label = lines = short = 0
     for dialogue in splits.train:
         gold = [u.label for u in dialogue]
         head = header_messages(builder, dialogue, scene_history(builder, dialogue, history, starts[dialogue.id]))
-        total += len(chat_ids(tokenizer, packed_messages(builder, dialogue, 0, len(dialogue), gold, None, header=head),
+        length = len(chat_ids(tokenizer, packed_messages(builder, dialogue, 0, len(dialogue), gold, None, header=head),
                               add_generation_prompt=False))
+        total += length
+        short += length if length < SHORT else 0
         header += sum(count(part) for part in head if part)
         text += sum(count(line_text(builder, u)) for u in dialogue)
         label += sum(count(g) for g in gold)
         lines += len(dialogue)
     return {"lines": lines, "tokens_per_line": total / lines, "header": header / lines, "line_text": text / lines,
-            "label": label / lines, "markup": (total - header - text - label) / lines}
+            "label": label / lines, "markup": (total - header - text - label) / lines, "short_share": short / total}
 
 
 def main() -> None:
@@ -72,7 +75,7 @@ def main() -> None:
     b = token_budget(args.config)
     print(f"{args.config}: {b['lines']} training lines, {b['tokens_per_line']:.1f} tokens per line = header "
           f"{b['header']:.1f} + line text {b['line_text']:.1f} + label {b['label']:.1f} + chat-turn markup "
-          f"{b['markup']:.1f}")
+          f"{b['markup']:.1f}; dialogues under {SHORT} tokens hold {100 * b['short_share']:.1f}% of the tokens")
     if BENCH.exists():
         per_utterance = json.loads(BENCH.read_text())["per_utterance"]["mean_tokens_per_utterance"]
         print(f"per-utterance recipe ({BENCH.name}): {per_utterance} tokens per line -> ceiling at equal tokens/s "
