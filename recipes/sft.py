@@ -113,6 +113,7 @@ def main() -> None:
     summary["total_seconds"] = clock.total()
     write_summary(training_args.output_dir, summary)
     is_main = main_process_rank()
+    trainer.accelerator.wait_for_everyone()  # no process tears the group down while another is still in a collective
     trainer.end()  # trackers finished, process group destroyed: nothing below talks to the other processes
 
     # ---- merged/ for vLLM: the saved adapter into a fresh bf16 base, on the CPU, once ----------------------

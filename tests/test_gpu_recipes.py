@@ -17,7 +17,6 @@ import importlib.util
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from watched import free_port, run_watched
 
 REPO = Path(__file__).resolve().parents[1]
 QWEN_RECIPE = REPO / "recipes" / "qwen2.5-3b" / "sft" / "qlora.yaml"
@@ -86,12 +86,6 @@ def tiny_qwen2(qwen_source: Path) -> Path:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _env(data_dir: Path) -> dict[str, str]:
     return {
         **os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
@@ -107,13 +101,14 @@ CPU_SIZES = [
     "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1", "--eval_steps", "2",
     "--save_steps", "2", "--eval_subsample", "12", "--test_subsample", "12", "--label_score_batch_size", "16",
     "--logging_steps", "1", "--disable_tqdm", "true",
+    "--ddp_timeout", "300",  # a collective that waits 5 min raises (with its stack) instead of hanging the test
 ]
 
 
 def _torchrun(args: list[str], cwd: Path, env: dict[str, str], timeout: int = 900) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(_free_port()), str(REPO / "recipes" / "sft.py"), *args]
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+           str(free_port()), str(REPO / "recipes" / "sft.py"), *args]
+    return run_watched(cmd, cwd=cwd, env=env, timeout=timeout)
 
 
 @pytest.mark.slow
@@ -177,10 +172,9 @@ def test_qwen_3b_recipe_two_processes_train_resume_merge_and_vllm(tiny_qwen2: Pa
     for name, extra in (("vllm", ["--config", str(vllm_config), "--model", str(merged), *prompt_flags]),
                         ("hf", ["--model", str(tiny_qwen2), "--adapter", str(out), "--backend", "hf"])):
         label_out = tmp_path / f"label-{name}"
-        proc = subprocess.run(
+        proc = run_watched(
             [sys.executable, str(REPO / "recipes" / "label.py"), "--corpus", "meld", "--split", "test",
-             "--max_dialogues", "2", "--output_dir", str(label_out), *extra],
-            env=env, capture_output=True, text=True, timeout=900)
+             "--max_dialogues", "2", "--output_dir", str(label_out), *extra], cwd=tmp_path, env=env, timeout=900)
         assert proc.returncode == 0, proc.stderr[-6000:]
         if name == "vllm":
             assert "data-parallel vLLM: 2 engines ready (the CPU)" in proc.stderr, proc.stderr[-3000:]

@@ -5,26 +5,18 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
+from watched import free_port, run_watched
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "recipes" / "smollm2-135m" / "sft" / "smoke.yaml"
 
 pytestmark = [pytest.mark.slow, pytest.mark.multiproc]
-
-
-def _free_port() -> int:
-    """A free local TCP port for the rendezvous (torchrun's --master_port 0 hangs with the static backend)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_sft_recipe_two_processes(tmp_path: Path, data_dir: Path) -> None:
@@ -35,10 +27,10 @@ def test_sft_recipe_two_processes(tmp_path: Path, data_dir: Path) -> None:
         "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
     }
     # `accelerate launch --cpu --num_processes 2` starts one process; torchrun gives a real world size of 2 (gloo).
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            str(REPO / "recipes" / "sft.py"), "--config", str(SMOKE), "--output_dir", str(out), "--disable_tqdm", "true"]
     started = time.monotonic()
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    proc = run_watched(cmd, cwd=tmp_path, env=env, timeout=900)
     elapsed = time.monotonic() - started
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
 

@@ -295,13 +295,6 @@ def write_summary(output_dir: str, summary: dict[str, Any]) -> None:
         atomic_write_json(Path(output_dir) / "run_summary.json", json.loads(json.dumps(summary, default=str)))
 
 
-def finish_distributed() -> None:
-    """Tear the process group down so torchrun sees a clean exit."""
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-
-
 class Stopwatch:
     """Named wall-clock sections."""
 
