@@ -197,3 +197,31 @@ def test_training_minutes_count_every_part_of_a_resumed_run() -> None:
     assert _train_time({"train_minutes": 18.6, "train_minutes_all_parts": None}) == (
         "18.6 + earlier part not timed (resumed)")
     assert _train_time({"train_minutes": 18.6, "train_minutes_all_parts": 135.0}) == "135.0"
+
+
+@pytest.mark.slow
+def test_a_stopped_runner_stops_its_rows(tmp_path: Path, data_dir: Path) -> None:
+    """SIGTERM to `erc-llm ablate` ends the row trainers it started (no orphan keeps writing into the row folder)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from watched import descendants
+
+    spec_path = write_spec(tmp_path / "spec.yaml", common={"max_steps": 500})
+    env = {**os.environ, "ERC_LLM_DATA_DIR": str(data_dir)}
+    runner = subprocess.Popen([sys.executable, "-m", "erc_llm.cli", "ablate", "--spec", str(spec_path), "--threads", "1"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    deadline = time.monotonic() + 120
+    rows: list[int] = []
+    while not rows and time.monotonic() < deadline and runner.poll() is None:
+        time.sleep(0.5)
+        rows = descendants(runner.pid)
+    assert rows, "no row trainer started"
+    time.sleep(3)
+    runner.send_signal(signal.SIGTERM)
+    output, _ = runner.communicate(timeout=60)
+    assert runner.returncode == 130, output
+    assert "stopped with the runner" in output
+    assert not [pid for pid in rows if Path(f"/proc/{pid}").exists()], output

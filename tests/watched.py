@@ -24,7 +24,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _descendants(root: int) -> list[int]:
+def descendants(root: int) -> list[int]:
     """Process ids under `root` (children before their parents' parents), from /proc."""
     parents: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
@@ -55,7 +55,7 @@ def run_watched(cmd: list[str], *, cwd: Path, env: dict[str, str], timeout: floa
         try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            for pid in [*_descendants(proc.pid), proc.pid]:
+            for pid in [*descendants(proc.pid), proc.pid]:
                 try:
                     os.kill(pid, signal.SIGABRT)  # faulthandler: all threads' stacks to stderr
                 except ProcessLookupError:

@@ -23,13 +23,16 @@ with other settings is rerun from scratch. The table
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -254,6 +257,52 @@ def run_rows(spec: AblationSpec, only: Sequence[str] | None = None, threads: int
     running: dict[str, tuple[subprocess.Popen, Any, float]] = {}
     walls: dict[str, float] = {}
     failed: list[str] = []
+    with _rows_stop_with_the_runner(running):
+        _run_queue(spec, todo, running, walls, failed, threads)
+    if failed:
+        logs = ", ".join(str(spec.output_dir / "logs" / f"{r}.log") for r in failed)
+        raise RuntimeError(f"ablation row(s) {failed} failed; see {logs}")
+    return walls
+
+
+class _Stopped(Exception):
+    """The runner was asked to stop (SIGTERM)."""
+
+
+@contextlib.contextmanager
+def _rows_stop_with_the_runner(running: dict[str, tuple[subprocess.Popen, Any, float]]):
+    """A runner stopped by Ctrl-C or SIGTERM stops its running rows too (SIGTERM, then SIGKILL after 30 s), so no
+    orphaned trainer keeps writing into a row folder that a rerun of the same command continues; their last
+    checkpoints stay for that rerun."""
+
+    def on_term(signum, frame):
+        raise _Stopped()
+
+    in_main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there only
+    previous = signal.signal(signal.SIGTERM, on_term) if in_main_thread else None
+    try:
+        yield
+    except (_Stopped, KeyboardInterrupt):
+        for row, (process, log, _) in running.items():
+            if process.poll() is None:
+                process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            log.close()
+            print(f"  {row}: stopped with the runner; its checkpoints are kept, the same command continues it",
+                  flush=True)
+        raise SystemExit(130) from None
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run_queue(spec: AblationSpec, todo: list[str], running: dict[str, tuple[subprocess.Popen, Any, float]],
+               walls: dict[str, float], failed: list[str], threads: int) -> None:
+    """Launch rows `spec.parallel` at a time until all have ended; record wall seconds and failures."""
     while todo or running:
         while todo and len(running) < spec.parallel:
             row = todo.pop(0)
@@ -271,10 +320,6 @@ def run_rows(spec: AblationSpec, only: Sequence[str] | None = None, threads: int
             print(f"  {row}: {status} in {walls[row] / 60:.1f} min", flush=True)
             if process.returncode != 0:
                 failed.append(row)
-    if failed:
-        logs = ", ".join(str(spec.output_dir / "logs" / f"{r}.log") for r in failed)
-        raise RuntimeError(f"ablation row(s) {failed} failed; see {logs}")
-    return walls
 
 
 def run_ablation(spec: AblationSpec, only: Sequence[str] | None = None, command: str = "",
