@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "erc_llm.baseline.cli",
     "erc_llm.evaluation.compare",
     "erc_llm.training.ablate",
+    "erc_llm.training.staged",
     "erc_llm.pipeline",
 )
 

@@ -171,13 +171,19 @@ _MISSING = object()
 def _same_settings(spec: AblationSpec, row: str) -> bool:
     """True when the row's saved erc_config.yaml equals what the row's arguments resolve to today (so a spec that
     spells the same experiment differently, e.g. pins in `common` what its base config used to say, reuses it)."""
+    return saved_run_matches(spec.output_dir / row, spec.row_args(row))
+
+
+def saved_run_matches(run_dir: Path, args: Sequence[str]) -> bool:
+    """True when the run folder's saved erc_config.yaml equals what sft.py `args` resolve to today, where the run
+    writes aside (a setting the toolkit gained after that run counts as its default)."""
     from erc_llm.training.config import dump_yaml, parse_sft_args, resolved_config
 
-    saved_path = spec.output_dir / row / "erc_config.yaml"
+    saved_path = Path(run_dir) / "erc_config.yaml"
     if not saved_path.is_file():
         return False
     saved = yaml.safe_load(saved_path.read_text()) or {}
-    wanted = yaml.safe_load(dump_yaml(resolved_config(*parse_sft_args(spec.row_args(row))))) or {}
+    wanted = yaml.safe_load(dump_yaml(resolved_config(*parse_sft_args(list(args))))) or {}
     defaults = _field_defaults()
     for key, value in wanted.items():
         if key in _WHERE_FIELDS:

@@ -191,6 +191,14 @@ class ERCSFTConfig(SFTConfig):
             "line needs a prediction."
         },
     )
+    packed_inline_predictions_recipe: str | None = field(
+        default=None,
+        metadata={
+            "help": "The recipe whose trained adapter wrote `packed_inline_predictions` (its labels of the training "
+            "split): `erc-llm staged --config <this recipe>` trains it, labels the training split with it, then "
+            "trains this recipe, skipping finished stages."
+        },
+    )
     eval_at_start: bool = field(
         default=False, metadata={"help": "Score the dev split before the first step (zero-shot reference)."}
     )

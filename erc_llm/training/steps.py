@@ -194,6 +194,12 @@ def packed_train_data(builder: PromptBuilder, splits: CorpusSplits, tokenizer, a
     warm_sources(builder, dialogues)
     history = builder.gold_history(splits.train) if builder.config.use_history else None  # whole training split
     inline = training_args.packed_inline_predictions
+    if inline and not Path(inline).exists():
+        recipe = training_args.packed_inline_predictions_recipe
+        how = (f"`erc-llm staged --config <this recipe>` trains {recipe}, labels the training split with it, then "
+               "trains this recipe" if recipe else "label the training split first (erc-llm label --adapter <run> "
+               "--split train --output_dir <its folder>)")
+        raise SFTConfigError(f"packed_inline_predictions {inline} does not exist: {how}")
     inline_labels = load_inline_predictions(inline, dialogues, builder.label_set.labels) if inline else None
     dataset, stats = build_packed_train_dataset(
         dialogues, builder, tokenizer, answer, weights, training_args.max_length,
