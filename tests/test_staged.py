@@ -39,6 +39,10 @@ def test_the_recorded_staged_recipes_plan_the_stages_their_headers_list(corpus: 
         assert f"{flag} {_after(label.command, flag)}" in header
     assert str(label.done_file) == yaml.safe_load(header)["packed_inline_predictions"]
     assert second.command[-2:] == ["--config", str(recipe)]
+    # on a GPU box the training stages start under accelerate
+    launched = plan(str(recipe), launch="accelerate launch --num_processes 4")
+    assert launched[0].command[:4] == ["accelerate", "launch", "--num_processes", "4"]
+    assert launched[2].command[:4] == launched[0].command[:4] and launched[1].command == label.command
 
 
 def test_finished_stages_are_skipped_and_a_first_run_of_other_settings_is_refused(

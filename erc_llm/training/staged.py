@@ -3,7 +3,8 @@ the training split inline (`packed_inline_predictions`) names the recipe of that
 (`packed_inline_predictions_recipe`), and this runs the three stages in order:
 
     erc-llm staged --config recipes/qwen2.5-coder-0.5b/sft/meld_packed_inline_predictions.yaml [--dry-run]
-        [--label-config <erc-llm label YAML for stage 2>] [further sft.py arguments for stage 3]
+        [--label-config <erc-llm label YAML for stage 2>] [--launch "accelerate launch ..."]
+        [further sft.py arguments for stage 3]
 
 1. `python recipes/sft.py --config <packed_inline_predictions_recipe>`: the first model;
 2. `erc-llm label --model <its model> --adapter <its output_dir> --corpus <corpus> --split train
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -42,9 +44,11 @@ class Stage:
     done: bool
 
 
-def plan(config: str, extra: list[str] | None = None, label_config: str | None = None) -> list[Stage]:
+def plan(config: str, extra: list[str] | None = None, label_config: str | None = None,
+         launch: str | None = None) -> list[Stage]:
     """The stages of a staged recipe and their state (relative paths are relative to the current folder);
-    `label_config` is an `erc-llm label` YAML for stage 2 (engine settings; default: its vLLM defaults)."""
+    `label_config` is an `erc-llm label` YAML for stage 2 (engine settings; default: its vLLM defaults), `launch`
+    what starts sft.py for stages 1 and 3 (default: this Python; e.g. "accelerate launch --num_processes 4")."""
     from erc_llm.training.config import parse_sft_args
 
     second_args = ["--config", config, *(extra or [])]
@@ -79,20 +83,21 @@ def plan(config: str, extra: list[str] | None = None, label_config: str | None =
     if label_config:
         label += ["--config", label_config]
     second_dir = Path(training_args.output_dir)
+    sft = [*(shlex.split(launch) if launch else [sys.executable]), str(SFT_SCRIPT)]
     return [
-        Stage("first model", [sys.executable, str(SFT_SCRIPT), *first_args], first_dir / "run_summary.json",
+        Stage("first model", [*sft, *first_args], first_dir / "run_summary.json",
               (first_dir / "run_summary.json").is_file()),
         Stage("its labels of the training split", label, label_dir / "predictions.jsonl",
               (label_dir / "predictions.jsonl").is_file()),
-        Stage("the recipe", [sys.executable, str(SFT_SCRIPT), *second_args], second_dir / "run_summary.json",
+        Stage("the recipe", [*sft, *second_args], second_dir / "run_summary.json",
               (second_dir / "run_summary.json").is_file()),
     ]
 
 
 def run_staged(config: str, extra: list[str] | None = None, label_config: str | None = None,
-               dry_run: bool = False) -> int:
+               launch: str | None = None, dry_run: bool = False) -> int:
     """Run the unfinished stages in order; 0 when all finished, else the failing stage's exit code."""
-    stages = plan(config, extra, label_config)
+    stages = plan(config, extra, label_config, launch)
     for i, stage in enumerate(stages, start=1):
         state = f"finished ({stage.done_file})" if stage.done else "to run"
         print(f"stage {i}, {stage.name}: {state}\n  {' '.join(stage.command)}", flush=True)
@@ -112,7 +117,7 @@ def run_staged(config: str, extra: list[str] | None = None, label_config: str | 
 def _cmd_staged(args: argparse.Namespace) -> int:
     """`erc-llm staged`."""
     try:
-        return run_staged(args.config, args.options, args.label_config, dry_run=args.dry_run)
+        return run_staged(args.config, args.options, args.label_config, args.launch, dry_run=args.dry_run)
     except StagedRecipeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -124,5 +129,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--config", required=True, help="the recipe (sets packed_inline_predictions_recipe)")
     p.add_argument("--label-config", default=None,
                    help="erc-llm label YAML for stage 2 (e.g. backend: hf); default: erc-llm label's own defaults")
+    p.add_argument("--launch", default=None,
+                   help='what starts sft.py for stages 1 and 3, e.g. "accelerate launch --num_processes 4" '
+                        "(default: this Python, one process)")
     p.add_argument("--dry-run", action="store_true", help="print each stage's command and state, run nothing")
     p.set_defaults(func=_cmd_staged, passthrough=True, options=[])  # further arguments: sft.py's, for stage 3
