@@ -102,13 +102,34 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     return Path(path)
 
 
-def atomic_write_json(path: str | os.PathLike[str], obj: Any, indent: int | None = 2) -> Path:
+def atomic_write_json(path: str | os.PathLike[str], obj: Any, indent: int | None = 2,
+                      inline_scalar_lists: bool = False) -> Path:
     """Atomically write ``obj`` as UTF-8 JSON (non-ASCII kept readable, trailing newline); return the path.
+    With ``inline_scalar_lists`` (and an indent), a list of scalars is written on one line (long label lists stay
+    a line each instead of a line per item).
 
     Serialisation happens before the file is touched, so an unserialisable object leaves ``path`` unchanged.
     """
-    text = json.dumps(obj, ensure_ascii=False, indent=indent, allow_nan=False) + "\n"
+    if inline_scalar_lists and indent:
+        text = _json_inline_lists(obj, indent, 0) + "\n"
+    else:
+        text = json.dumps(obj, ensure_ascii=False, indent=indent, allow_nan=False) + "\n"
     return atomic_write_text(path, text)
+
+
+def _json_inline_lists(obj: Any, indent: int, depth: int) -> str:
+    """JSON text indented like ``json.dumps(indent=...)``, but with every list of scalars on one line."""
+    def dump(value: Any) -> str:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False)
+
+    pad, inner = " " * (indent * depth), " " * (indent * (depth + 1))
+    if isinstance(obj, dict) and obj:
+        items = [f"{inner}{dump(str(k))}: {_json_inline_lists(v, indent, depth + 1)}" for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + f"\n{pad}}}"
+    if isinstance(obj, list | tuple) and obj and any(isinstance(v, dict | list | tuple) for v in obj):
+        items = [f"{inner}{_json_inline_lists(v, indent, depth + 1)}" for v in obj]
+        return "[\n" + ",\n".join(items) + f"\n{pad}]"
+    return dump(obj)
 
 
 @contextlib.contextmanager

@@ -41,6 +41,7 @@ def test_every_ablation_spec_parses_strictly(spec_path: Path) -> None:
     assert spec.reference in spec.rows and len(spec.rows) >= 5
     assert {"use_biography", "use_history", "use_demonstrations"} <= {k for r in spec.rows.values() for k in r}
     assert any(r.get("class_weighting") == "none" for r in spec.rows.values())
+    assert spec.recorded is None or spec.recorded.is_file(), f"{spec_path}: recorded table {spec.recorded} is missing"
 
 
 def test_spec_errors_name_the_file_and_key(tmp_path: Path) -> None:
@@ -225,3 +226,62 @@ def test_a_stopped_runner_stops_its_rows(tmp_path: Path, data_dir: Path) -> None
     assert runner.returncode == 130, output
     assert "stopped with the runner" in output
     assert not [pid for pid in rows if Path(f"/proc/{pid}").exists()], output
+
+
+def finished_rows(spec, gold: list[str], preds: dict[str, list[str]]) -> None:
+    """Run folders of finished rows whose saved settings are the ones the spec's rows resolve to."""
+    from erc_llm.training.config import parse_sft_args, resolved_config
+
+    for row, row_preds in preds.items():
+        config = yaml.safe_load(yaml.safe_dump(resolved_config(*parse_sft_args(spec.row_args(row)))))
+        fake_row(spec.output_dir / row, row_preds, gold, config)
+
+
+def test_a_recorded_row_stands_in_for_its_missing_run_folder(tmp_path: Path) -> None:
+    """A new checkout has no run folders: the committed table's rows (settings + test predictions) are compared
+    with a new row exactly as their run folders would have been; a record of other settings is not used."""
+    import shutil
+
+    spec = load_spec(write_spec(tmp_path / "spec.yaml"), validate=False)
+    gold = ["neutral", "joy", "anger", "neutral"] * 10
+    finished_rows(spec, gold, {"context": ["neutral", "joy", "neutral", "neutral"] * 10,
+                               "+history": ["neutral", "joy", "anger", "joy"] * 10})
+    run_ablation(spec, table_only=True)
+    first = json.loads((spec.output_dir / "ablation.json").read_text())
+    history = next(r for r in first["rows"] if r["row"] == "+history")
+    assert history["test_predictions"]["d0"] == ["neutral", "joy", "anger", "joy"]
+    assert history["config"]["use_history"] is True
+    recorded = tmp_path / "recorded.json"
+    shutil.copy(spec.output_dir / "ablation.json", recorded)
+    shutil.rmtree(spec.output_dir / "+history")  # a new checkout: this row's run folder is gone
+    spec = load_spec(write_spec(tmp_path / "spec.yaml", recorded=str(recorded)), validate=False)
+    run_ablation(spec, table_only=True)
+    again = json.loads((spec.output_dir / "ablation.json").read_text())
+    assert again["rows"] == first["rows"] and again["not_run"] == []
+    spec.rows["+history"]["past_window"] = 3  # the row means another experiment now: its record is not it
+    run_ablation(spec, table_only=True)
+    assert json.loads((spec.output_dir / "ablation.json").read_text())["not_run"] == ["+history"]
+
+
+def test_rows_recorded_without_predictions_are_carried_only_against_a_reproduced_reference(tmp_path: Path) -> None:
+    """An older table kept no test predictions: its rows keep their recorded deltas (marked †) only when the rerun
+    reference scored exactly what the recorded one did; otherwise they are listed as not run."""
+    spec = load_spec(write_spec(tmp_path / "spec.yaml"), validate=False)
+    gold = ["neutral", "joy", "anger", "neutral"] * 10
+    finished_rows(spec, gold, {"context": ["neutral", "joy", "neutral", "neutral"] * 10})
+    run_ablation(spec, table_only=True)
+    reference = json.loads((spec.output_dir / "ablation.json").read_text())["rows"][0]
+    old_history = {**reference, "row": "+history", "overrides": {"use_history": True}, "weighted_f1": 0.1,
+                   "delta_vs_reference": {**reference["delta_vs_reference"], "delta": -0.3}}
+    for old in (reference, old_history):
+        del old["test_predictions"], old["config"]
+    recorded = tmp_path / "recorded.json"
+    recorded.write_text(json.dumps({"common": {}, "rows": [reference, old_history]}))
+    spec = load_spec(write_spec(tmp_path / "spec.yaml", recorded=str(recorded)), validate=False)
+    table = run_ablation(spec, table_only=True).read_text()
+    rows = json.loads((spec.output_dir / "ablation.json").read_text())["rows"]
+    assert [r["row"] for r in rows] == ["context", "+history"] and rows[1]["carried"]
+    assert "| +history † |" in table and "-30.0 [" in table and "† Run in an earlier session" in table
+    recorded.write_text(json.dumps({"common": {}, "rows": [{**reference, "weighted_f1": 0.5}, old_history]}))
+    run_ablation(spec, table_only=True)  # the rerun reference differs from the recorded one: nothing carried
+    assert json.loads((spec.output_dir / "ablation.json").read_text())["not_run"] == ["+history"]

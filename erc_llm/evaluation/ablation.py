@@ -40,47 +40,142 @@ def _row_config(run_dir: Path) -> dict[str, Any]:
     return dict(yaml.safe_load((run_dir / "erc_config.yaml").read_text()) or {})
 
 
-def collect_results(spec: Any, rows: Sequence[str] | None = None,
-                    n_resamples: int = 1000) -> list[dict[str, Any]]:
-    """One result dict per row (default: all; the reference must be among them): its metrics, run summary, and
-    the paired dialogue-bootstrap delta vs the reference row on the utterances every listed row labelled."""
+def collect_results(spec: Any, rows: Sequence[str] | None = None, n_resamples: int = 1000,
+                    recorded: Mapping[str, Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """One result dict per row (default: all; the reference must be among them): its metrics, run summary, test
+    predictions and resolved settings, and the paired dialogue-bootstrap delta vs the reference row on the
+    utterances every listed row labelled.
+
+    A row in `recorded` (row -> its result in an earlier table, see `recorded_rows`) is taken from there instead of
+    a run folder: its metrics as recorded, its delta recomputed from its recorded test predictions. The gold labels
+    come from the rows that have run folders (at least one must)."""
     rows = list(rows or spec.rows)
+    recorded = dict(recorded or {})
     if spec.reference not in rows:
         raise AblationSpecError(f"{spec.path}: the reference row {spec.reference!r} has no finished run")
-    preds = {row: {r.key: r for r in read_predictions(spec.output_dir / row)} for row in rows}
-    common_keys = sorted(set.intersection(*(set(p) for p in preds.values())))
+    preds: dict[str, dict[tuple[str, int], str]] = {}
+    gold: dict[tuple[str, int], str | None] = {}
+    for row in rows:
+        if row in recorded:
+            preds[row] = _predictions_from_record(recorded[row]["test_predictions"])
+            continue
+        records = read_predictions(spec.output_dir / row)
+        preds[row] = {r.key: r.pred for r in records}
+        for r in records:
+            if gold.setdefault(r.key, r.gold) != r.gold:
+                raise AblationSpecError(f"{spec.output_dir / row}: gold label of {r.key} differs from another row's")
+    if not gold:
+        raise AblationSpecError(f"{spec.path}: no row has a run folder, so there are no gold labels to score the "
+                                "recorded predictions against; run the reference row")
+    common_keys = sorted(set(gold).intersection(*(set(p) for p in preds.values())))
     if not common_keys:
         raise AblationSpecError(f"{spec.path}: the rows' test predictions share no utterance")
-    reference = preds[spec.reference]
-    gold = [reference[k].gold for k in common_keys]
+    gold_labels = [gold[k] for k in common_keys]
     groups = [k[0] for k in common_keys]  # dialogue ids: whole dialogues are resampled
-    if any(g is None for g in gold):
-        raise AblationSpecError(f"{spec.output_dir / spec.reference}: predictions lack gold labels")
+    if any(g is None for g in gold_labels):
+        raise AblationSpecError(f"{spec.output_dir}: the rows' predictions lack gold labels")
+    reference = [preds[spec.reference][k] for k in common_keys]
     results = []
     for row in rows:
-        run_dir = spec.output_dir / row
-        metrics = read_metrics(run_dir)
-        summary = json.loads((run_dir / "run_summary.json").read_text())
-        config = _row_config(run_dir)
-        labels = list(metrics["labels"])
-        delta = paired_bootstrap(gold, [reference[k].pred for k in common_keys], [preds[row][k].pred for k in common_keys],
-                                 labels, "weighted_f1", n_resamples=n_resamples, seed=0, groups=groups)
-        results.append({
-            "row": row, "overrides": spec.rows[row], "sources": _sources(config),
-            "class_weighting": config.get("class_weighting", "none"),
-            "test_utterances": metrics["n"], "weighted_f1": metrics["weighted_f1"], "macro_f1": metrics["macro_f1"],
-            "accuracy": metrics["accuracy"],
-            "weighted_f1_without_bias": metrics.get("extra", {}).get("test_weighted_f1_without_bias"),
-            "per_class_f1": {label: scores["f1"] for label, scores in metrics["per_class"].items()},
-            "dev_weighted_f1": summary.get("dev_weighted_f1"), "train_examples": summary.get("train_examples"),
-            "mean_tokens_per_example": summary.get("mean_tokens_per_example"),
-            "train_minutes": round(summary.get("train_seconds", 0.0) / 60, 1),
-            "train_minutes_all_parts": _minutes_all_parts(summary),
-            "total_minutes": round(summary.get("total_seconds", 0.0) / 60, 1),
-            "delta_vs_reference": {"common_utterances": len(common_keys), "common_dialogues": len(set(groups)),
-                                   "interval": ci_description(n_resamples), **delta},
-        })
+        result = dict(recorded[row]) if row in recorded else _run_result(spec, row, preds[row])
+        delta = paired_bootstrap(gold_labels, reference, [preds[row][k] for k in common_keys],
+                                 list(result["per_class_f1"]), "weighted_f1", n_resamples=n_resamples, seed=0,
+                                 groups=groups)
+        result["delta_vs_reference"] = {"common_utterances": len(common_keys), "common_dialogues": len(set(groups)),
+                                        "interval": ci_description(n_resamples), **delta}
+        results.append(result)
     return results
+
+
+def _run_result(spec: Any, row: str, preds: Mapping[tuple[str, int], str]) -> dict[str, Any]:
+    """A row's result from its run folder: metrics, run summary, resolved settings and test predictions (kept in
+    the table's JSON, so the row can be compared again after its run folder is gone)."""
+    run_dir = spec.output_dir / row
+    metrics = read_metrics(run_dir)
+    summary = json.loads((run_dir / "run_summary.json").read_text())
+    config = _row_config(run_dir)
+    return {
+        "row": row, "overrides": spec.rows[row], "sources": _sources(config),
+        "class_weighting": config.get("class_weighting", "none"),
+        "test_utterances": metrics["n"], "weighted_f1": metrics["weighted_f1"], "macro_f1": metrics["macro_f1"],
+        "accuracy": metrics["accuracy"],
+        "weighted_f1_without_bias": metrics.get("extra", {}).get("test_weighted_f1_without_bias"),
+        "per_class_f1": {label: metrics["per_class"][label]["f1"] for label in metrics["labels"]},
+        "dev_weighted_f1": summary.get("dev_weighted_f1"), "train_examples": summary.get("train_examples"),
+        "mean_tokens_per_example": summary.get("mean_tokens_per_example"),
+        "train_minutes": round(summary.get("train_seconds", 0.0) / 60, 1),
+        "train_minutes_all_parts": _minutes_all_parts(summary),
+        "total_minutes": round(summary.get("total_seconds", 0.0) / 60, 1),
+        "config": config,
+        "test_predictions": _predictions_to_record(preds),
+    }
+
+
+def _predictions_to_record(preds: Mapping[tuple[str, int], str]) -> dict[str, list[str | None]]:
+    """Test predictions as the table's JSON keeps them: dialogue id -> labels by utterance index (None: a line
+    not labelled, e.g. outside a test subsample)."""
+    out: dict[str, list[str | None]] = {}
+    for (dialogue, index), label in sorted(preds.items()):
+        labels = out.setdefault(dialogue, [])
+        labels.extend([None] * (index + 1 - len(labels)))
+        labels[index] = label
+    return out
+
+
+def _predictions_from_record(record: Mapping[str, Sequence[str | None]]) -> dict[tuple[str, int], str]:
+    """The inverse of `_predictions_to_record`."""
+    return {(dialogue, i): label for dialogue, labels in record.items() for i, label in enumerate(labels)
+            if label is not None}
+
+
+def recorded_rows(spec: Any, table: Mapping[str, Any], wanted: Mapping[str, Mapping[str, Any]]
+                  ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """The rows of an earlier table (`ablation.json`) that can stand in for a missing run folder: recorded with
+    their test predictions and with the settings the row resolves to today (`wanted`: row -> resolved config).
+    Returns (row -> recorded result, row -> why a recorded row cannot stand in)."""
+    from erc_llm.training.config import settings_match  # lazy: TRL is slow to import
+
+    usable: dict[str, dict[str, Any]] = {}
+    refused: dict[str, str] = {}
+    for result in table.get("rows", []):
+        row = result.get("row")
+        if row not in wanted:
+            continue
+        if not result.get("test_predictions"):
+            refused[row] = "recorded without its test predictions (a table written before they were kept)"
+        elif not settings_match(result.get("config") or {}, wanted[row]):
+            refused[row] = "recorded with other settings than the row has today"
+        else:
+            usable[row] = dict(result)
+    return usable, refused
+
+
+# What must be equal for a rerun reference to count as the recorded one (a table without test predictions).
+_REPRODUCED_KEYS = ("test_utterances", "weighted_f1", "macro_f1", "accuracy", "per_class_f1")
+
+
+def carried_rows(spec: Any, results: Sequence[Mapping[str, Any]], table: Mapping[str, Any],
+                 rows: Sequence[str]) -> list[dict[str, Any]]:
+    """Rows of an earlier table recorded without test predictions, kept with the delta as recorded, but only when
+    the reference row was run again and reproduced the recorded reference's test scores exactly (so the recorded
+    deltas were measured against the same reference), and the row's overrides and the common settings are
+    today's. Each carried result says so in `carried`."""
+    recorded = {r.get("row"): r for r in table.get("rows", [])}
+    fresh = next((r for r in results if r["row"] == spec.reference), None)
+    old = recorded.get(spec.reference)
+    if fresh is None or old is None or any(fresh.get(k) != old.get(k) for k in _REPRODUCED_KEYS):
+        return []
+    if table.get("common") != spec.common:
+        return []
+    carried = []
+    for row in rows:
+        result = recorded.get(row)
+        if result is None or result.get("test_predictions") or result.get("overrides") != spec.rows[row]:
+            continue
+        carried.append({**result, "carried": "recorded earlier without test predictions; its delta is as recorded, "
+                                              "against a reference run that this table's reference reproduced "
+                                              "exactly (same test W-F1, macro-F1, accuracy and per-class F1)"})
+    return carried
 
 
 def _minutes_all_parts(summary: dict[str, Any]) -> float | None:
@@ -133,7 +228,7 @@ def render_table(spec: Any, results: Sequence[dict[str, Any]], command: str) -> 
         delta = "reference" if r["row"] == spec.reference else (
             f"{100 * d['delta']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]")
         lines.append(
-            f"| {r['row']} | {r['sources']} | {r['class_weighting']} | {r['train_examples']} "
+            f"| {r['row']}{' †' if r.get('carried') else ''} | {r['sources']} | {r['class_weighting']} | {r['train_examples']} "
             f"| {r['mean_tokens_per_example']} | {_pct(r['dev_weighted_f1'])} | **{_pct(r['weighted_f1'])}** "
             f"| {delta} | {_pct(r['weighted_f1_without_bias'])} | {_pct(r['macro_f1'])} | {_pct(r['accuracy'])} "
             f"| {_train_time(r)} |")
@@ -146,6 +241,11 @@ def render_table(spec: Any, results: Sequence[dict[str, Any]], command: str) -> 
     for r in results:
         lines.append(f"| {r['row']} | " + " | ".join(_pct(r["per_class_f1"].get(lab)) for lab in labels) + " |")
     lines += ["", f"Test utterances per row: {sorted({r['test_utterances'] for r in results})}; compared on "
-              f"{results[0]['delta_vs_reference']['common_utterances']} shared utterances.", "",
+              f"{results[0]['delta_vs_reference']['common_utterances']} shared utterances."]
+    if any(r.get("carried") for r in results):
+        lines += ["", "† Run in an earlier session whose table kept no test predictions: its delta is as recorded "
+                  "then, against a reference run that this table's reference reproduced exactly (same test W-F1, "
+                  "macro-F1, accuracy and per-class F1). Rows run since keep their predictions in the JSON."]
+    lines += ["",
               "Rerun (finished rows are reused):", "", "```bash", command, "```", ""]
     return "\n".join(lines)

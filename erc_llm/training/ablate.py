@@ -18,13 +18,17 @@ others that resolve to the same erc_config.yaml) is reused, so an interrupted ab
 command: an unfinished row of the same settings continues from its last checkpoint (sft.py resumes), one started
 with other settings is rerun from scratch. The table
 (`ablation.md` + `ablation.json`) reports rows that hurt as plainly as rows that help.
+
+Run folders live under `runs/`, outside the repository, so a new checkout has none. `ablation.json` keeps every
+row's resolved settings and test predictions; a spec's `recorded: evaluation/ablation_<corpus>.json` (the committed
+table) lets a row recorded there with today's settings stand in for its missing run folder, so a new row is
+compared with the recorded ones without training them again.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import hashlib
 import json
 import os
@@ -41,13 +45,19 @@ from typing import Any
 
 import yaml
 
-from erc_llm.evaluation.ablation import AblationSpecError, collect_results, render_table
+from erc_llm.evaluation.ablation import (
+    AblationSpecError,
+    carried_rows,
+    collect_results,
+    recorded_rows,
+    render_table,
+)
 from erc_llm.io import atomic_write_json, atomic_write_text
 
 REPO = Path(__file__).resolve().parents[2]
 SFT_SCRIPT = REPO / "recipes" / "sft.py"
 ROW_ARGS_FILE = "ablation_row.json"
-SPEC_KEYS = {"base_config", "output_dir", "parallel", "reference", "common", "rows", "description"}
+SPEC_KEYS = {"base_config", "output_dir", "parallel", "reference", "common", "rows", "description", "recorded"}
 # Prompt switches shown in the table's "sources" column, in prompt order.
 
 
@@ -63,6 +73,13 @@ class AblationSpec:
     common: dict[str, Any] = field(default_factory=dict)
     parallel: int = 1
     description: str = ""
+    recorded: Path | None = None  # an earlier table's ablation.json whose rows stand in for missing run folders
+
+    def shown_recorded(self) -> str:
+        """The recorded table's path as the spec names it (relative to the repo when inside it)."""
+        if self.recorded is None:
+            return ""
+        return str(self.recorded.relative_to(REPO) if self.recorded.is_relative_to(REPO) else self.recorded)
 
     def row_args(self, row: str) -> list[str]:
         """The sft.py argument list of one row (base config, common overrides, row overrides, output dir)."""
@@ -140,6 +157,7 @@ def load_spec(path: str | os.PathLike[str], output_dir: str | None = None, valid
         path=spec_path, base_config=base_config, rows={str(k): dict(v or {}) for k, v in rows.items()},
         reference=str(raw["reference"]), common=dict(common), parallel=parallel,
         output_dir=Path(output_dir or raw["output_dir"]), description=str(raw.get("description") or ""),
+        recorded=_resolve(str(raw["recorded"]), spec_path) if raw.get("recorded") else None,
     )
     if validate:
         validate_rows(spec)
@@ -163,52 +181,12 @@ def _fingerprint(args: Sequence[str]) -> str:
     return hashlib.sha256(json.dumps(list(args)).encode()).hexdigest()[:16]
 
 
-# Settings that name where a run writes, not what it trains: ignored when a finished row is matched by settings.
-_WHERE_FIELDS = frozenset({"output_dir", "logging_dir", "run_name", "hub_model_id"})
-_MISSING = object()
-
-
 def _same_settings(spec: AblationSpec, row: str) -> bool:
     """True when the row's saved erc_config.yaml equals what the row's arguments resolve to today (so a spec that
     spells the same experiment differently, e.g. pins in `common` what its base config used to say, reuses it)."""
-    return saved_run_matches(spec.output_dir / row, spec.row_args(row))
+    from erc_llm.training.config import parse_sft_args, resolved_config, saved_run_matches  # lazy: TRL is slow
 
-
-def saved_run_matches(run_dir: Path, args: Sequence[str]) -> bool:
-    """True when the run folder's saved erc_config.yaml equals what sft.py `args` resolve to today, where the run
-    writes aside (a setting the toolkit gained after that run counts as its default)."""
-    from erc_llm.training.config import dump_yaml, parse_sft_args, resolved_config
-
-    saved_path = Path(run_dir) / "erc_config.yaml"
-    if not saved_path.is_file():
-        return False
-    saved = yaml.safe_load(saved_path.read_text()) or {}
-    wanted = yaml.safe_load(dump_yaml(resolved_config(*parse_sft_args(list(args))))) or {}
-    defaults = _field_defaults()
-    for key, value in wanted.items():
-        if key in _WHERE_FIELDS:
-            continue
-        # a setting added after the run was saved: the run behaved as its default did
-        if saved.get(key, defaults.get(key, _MISSING)) != value:
-            return False
-    return True
-
-
-def _field_defaults() -> dict[str, Any]:
-    """Default value of every SFT setting, serialised as erc_config.yaml saves it."""
-    from erc_llm.training.config import ERCDataArguments, ERCModelConfig, ERCSFTConfig, plain_value
-
-    out: dict[str, Any] = {}
-    for cls in (ERCDataArguments, ERCSFTConfig, ERCModelConfig):
-        for f in dataclasses.fields(cls):
-            if f.default is not dataclasses.MISSING:
-                value = f.default
-            elif f.default_factory is not dataclasses.MISSING:
-                value = f.default_factory()
-            else:
-                continue
-            out[f.name] = plain_value(value)
-    return yaml.safe_load(yaml.safe_dump(out)) or {}
+    return saved_run_matches(spec.output_dir / row, resolved_config(*parse_sft_args(spec.row_args(row))))
 
 
 def _row_dir_matches(spec: AblationSpec, row: str) -> bool:
@@ -251,14 +229,44 @@ def _launch(spec: AblationSpec, row: str, threads: int) -> tuple[subprocess.Pope
     return process, log
 
 
-def run_rows(spec: AblationSpec, only: Sequence[str] | None = None, threads: int | None = None) -> dict[str, float]:
-    """Run every unfinished row, `spec.parallel` at a time, each with `threads` threads (default: the cores
-    shared out among the parallel rows); return each launched row's wall seconds."""
+@dataclass
+class Recorded:
+    """What the spec's recorded table offers: rows that stand in for missing run folders, rows it cannot offer
+    (row -> why), and the table itself (empty when the spec names none)."""
+
+    usable: dict[str, dict[str, Any]] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)
+    table: dict[str, Any] = field(default_factory=dict)
+
+
+def load_recorded(spec: AblationSpec) -> Recorded:
+    """Read the spec's `recorded` table (none: nothing recorded); a row with a finished run folder ignores it."""
+    if spec.recorded is None or not spec.recorded.is_file():
+        return Recorded()
+    from erc_llm.training.config import parse_sft_args, resolved_config  # lazy: TRL is slow to import
+
+    try:
+        table = json.loads(spec.recorded.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise AblationSpecError(f"{spec.path}: recorded table {spec.recorded} is unreadable: {exc}") from exc
+    wanted = {row: resolved_config(*parse_sft_args(spec.row_args(row))) for row in spec.rows}
+    usable, refused = recorded_rows(spec, table, wanted)
+    return Recorded(usable, refused, table)
+
+
+def run_rows(spec: AblationSpec, only: Sequence[str] | None = None, threads: int | None = None,
+             recorded: Recorded | None = None) -> dict[str, float]:
+    """Run every row that has neither a finished run folder nor a usable record in the spec's recorded table,
+    `spec.parallel` at a time, each with `threads` threads (default: the cores shared out among the parallel
+    rows); return each launched row's wall seconds."""
+    recorded = recorded or Recorded()
     rows = [r for r in spec.rows if not only or r in only]
-    todo = [r for r in rows if not row_is_finished(spec, r)]
+    todo = [r for r in rows if not row_is_finished(spec, r) and r not in recorded.usable]
     for row in rows:
-        if row not in todo:
+        if row_is_finished(spec, row):
             print(f"  {row}: finished earlier, reused", flush=True)
+        elif row in recorded.usable:
+            print(f"  {row}: recorded in {spec.shown_recorded()}, reused (its test predictions are there)", flush=True)
     threads = threads or max(1, (os.cpu_count() or 1) // spec.parallel)
     running: dict[str, tuple[subprocess.Popen, Any, float]] = {}
     walls: dict[str, float] = {}
@@ -334,20 +342,27 @@ def run_ablation(spec: AblationSpec, only: Sequence[str] | None = None, command:
     finished rows; return the Markdown path."""
     spec.output_dir.mkdir(parents=True, exist_ok=True)
     print(f"ablation {spec.path} -> {spec.output_dir} ({len(spec.rows)} rows, {spec.parallel} at a time)", flush=True)
+    recorded = load_recorded(spec)
     if not table_only:
-        run_rows(spec, only, threads)
-    finished = [row for row in spec.rows if row_is_finished(spec, row)]
+        run_rows(spec, only, threads, recorded)
+    in_folders = [row for row in spec.rows if row_is_finished(spec, row)]
+    stand_in = {row: result for row, result in recorded.usable.items() if row not in in_folders}
+    finished = [row for row in spec.rows if row in in_folders or row in stand_in]
     if spec.reference not in finished:
         print(f"the reference row {spec.reference!r} has not finished; no table yet", flush=True)
         return spec.output_dir / "ablation.md"
-    missing = [row for row in spec.rows if row not in finished]
-    if missing:
-        print(f"rows not run yet (listed as such in the table): {missing}", flush=True)
-    results = collect_results(spec, finished)
+    results = collect_results(spec, finished, recorded=stand_in)
+    results += carried_rows(spec, results, recorded.table, [r for r in spec.rows if r not in finished])
+    order = list(spec.rows)
+    results.sort(key=lambda r: order.index(r["row"]))
+    missing = [row for row in spec.rows if row not in {r["row"] for r in results}]
+    for row in missing:
+        why = recorded.refused.get(row)
+        print(f"  {row}: not run yet" + (f" ({spec.shown_recorded()}: {why})" if why else ""), flush=True)
     command = command or f"erc-llm ablate --spec {spec.path}"
     atomic_write_json(spec.output_dir / "ablation.json", {"spec": str(spec.path), "command": command,
                                                           "common": spec.common, "rows": results,
-                                                          "not_run": missing})
+                                                          "not_run": missing}, inline_scalar_lists=True)
     report = atomic_write_text(spec.output_dir / "ablation.md", render_table(spec, results, command))
     print(f"table: {report}", flush=True)
     return report
@@ -363,8 +378,11 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     if args.parallel:
         spec.parallel = args.parallel
     if args.dry_run:
+        recorded = load_recorded(spec)
         for row in spec.rows:
-            state = "finished" if row_is_finished(spec, row) else "to run"
+            state = ("finished" if row_is_finished(spec, row) else
+                     f"recorded in {spec.shown_recorded()}" if row in recorded.usable else
+                     f"to run; {spec.shown_recorded()}: {recorded.refused[row]}" if row in recorded.refused else "to run")
             print(f"{row} ({state}): python {SFT_SCRIPT.relative_to(REPO)} " + " ".join(spec.row_args(row)))
         return 0
     run_ablation(spec, args.only, command=f"erc-llm ablate --spec {args.spec}", table_only=args.table_only,

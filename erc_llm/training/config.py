@@ -313,6 +313,44 @@ def dump_yaml(data: dict[str, Any]) -> str:
     return yaml.safe_dump(data, sort_keys=True, allow_unicode=True)
 
 
+# Settings that name where a run writes, not what it trains: ignored when saved settings are matched.
+WHERE_FIELDS = frozenset({"output_dir", "logging_dir", "run_name", "hub_model_id"})
+_MISSING = object()
+
+
+def field_defaults() -> dict[str, Any]:
+    """Default value of every SFT setting, serialised as erc_config.yaml saves it."""
+    out: dict[str, Any] = {}
+    for cls in (ERCDataArguments, ERCSFTConfig, ERCModelConfig):
+        for f in dataclasses.fields(cls):
+            if f.default is not dataclasses.MISSING:
+                value = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                value = f.default_factory()
+            else:
+                continue
+            out[f.name] = plain_value(value)
+    return yaml.safe_load(yaml.safe_dump(out)) or {}
+
+
+def settings_match(saved: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
+    """True when a saved resolved config (erc_config.yaml's content) holds the settings of `wanted` (a
+    `resolved_config` of today's arguments), where the run writes aside; a setting the toolkit gained after the
+    config was saved counts as its default."""
+    wanted = yaml.safe_load(dump_yaml(dict(wanted))) or {}  # compared as saved: through YAML
+    defaults = field_defaults()
+    return all(saved.get(key, defaults.get(key, _MISSING)) == value
+               for key, value in wanted.items() if key not in WHERE_FIELDS)
+
+
+def saved_run_matches(run_dir: str | Path, wanted: Mapping[str, Any]) -> bool:
+    """True when the run folder's saved erc_config.yaml holds the settings of `wanted` (`settings_match`)."""
+    saved_path = Path(run_dir) / "erc_config.yaml"
+    if not saved_path.is_file():
+        return False
+    return settings_match(yaml.safe_load(saved_path.read_text()) or {}, wanted)
+
+
 # ---- hardware and launcher checks (run at parse time, before any model is loaded) -------------------------
 FLASH_ATTENTION = {"flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface"}
 

@@ -20,14 +20,13 @@ the third stage's sft.py.
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from erc_llm.training.ablate import REPO, SFT_SCRIPT, saved_run_matches
+from erc_llm.training.ablate import REPO, SFT_SCRIPT
 
 
 class StagedRecipeError(ValueError):
@@ -49,7 +48,7 @@ def plan(config: str, extra: list[str] | None = None, label_config: str | None =
     """The stages of a staged recipe and their state (relative paths are relative to the current folder);
     `label_config` is an `erc-llm label` YAML for stage 2 (engine settings; default: its vLLM defaults), `launch`
     what starts sft.py for stages 1 and 3 (default: this Python; e.g. "accelerate launch --num_processes 4")."""
-    from erc_llm.training.config import parse_sft_args
+    from erc_llm.training.config import parse_sft_args, resolved_config, saved_run_matches
 
     second_args = ["--config", config, *(extra or [])]
     data_args, training_args, _ = parse_sft_args(second_args)
@@ -72,7 +71,8 @@ def plan(config: str, extra: list[str] | None = None, label_config: str | None =
     label_dir = Path(predictions)
     if label_dir.name == "predictions.jsonl":
         label_dir = label_dir.parent
-    if (first_dir / "run_summary.json").is_file() and not saved_run_matches(first_dir, first_args):
+    if (first_dir / "run_summary.json").is_file() and not saved_run_matches(
+            first_dir, resolved_config(first_data, first_training, first_model)):
         raise StagedRecipeError(f"{first_dir} holds a finished run with other settings than {first_config}; move it "
                                 "away (or give the first recipe another output_dir) so it is trained as written")
     label = [sys.executable, "-m", "erc_llm.cli", "label", "--model", first_model.model_name_or_path,
@@ -103,7 +103,7 @@ def run_staged(config: str, extra: list[str] | None = None, label_config: str | 
         print(f"stage {i}, {stage.name}: {state}\n  {' '.join(stage.command)}", flush=True)
         if stage.done or dry_run:
             continue
-        code = subprocess.call(stage.command, env=os.environ.copy())
+        code = subprocess.call(stage.command)
         if code != 0:
             print(f"stage {i} ({stage.name}) failed with exit code {code}; the same command continues it",
                   file=sys.stderr, flush=True)
