@@ -16,6 +16,42 @@ import sys
 import time
 
 
+def recipe_lora_model(model_id: str):
+    """The recorded recipes' trainable model: bf16 base, sdpa, LoRA r 16 on the top half of the layers (train mode)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from erc_llm.offline_models import resolve_model
+
+    torch.manual_seed(0)
+    path = resolve_model(model_id)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16, attn_implementation="sdpa")
+    n_layers = model.config.num_hidden_layers
+    model = get_peft_model(model, LoraConfig(
+        r=16, lora_alpha=32, layers_to_transform=list(range(n_layers // 2, n_layers)),
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    model.train()
+    return model, tokenizer
+
+
+def packed_training_data(corpus: str, tokenizer, dialogues=None):
+    """The packed training sequences (context only, max_length 1536) of a corpus's training dialogues."""
+    from erc_llm.data import load_split
+    from erc_llm.prompting import PromptConfig
+    from erc_llm.prompting.answer import label_tokens
+    from erc_llm.prompting.dataset import build_prompt_builder
+    from erc_llm.training.packed import build_packed_train_dataset
+
+    builder = build_prompt_builder(PromptConfig(template="erc_packed.j2", layout="packed", max_line_chars=200),
+                                   corpus, None)
+    dialogues = load_split(corpus, "train").dialogues if dialogues is None else dialogues
+    data, _ = build_packed_train_dataset(dialogues, builder, tokenizer,
+                                         label_tokens(tokenizer, builder.label_set.labels), {}, 1536)
+    return data
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="Qwen/Qwen2.5-Coder-0.5B-Instruct")
@@ -25,31 +61,13 @@ def main() -> None:
 
     import torch
     import torch.nn.functional as F
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from erc_llm.data import load_split
-    from erc_llm.offline_models import resolve_model
-    from erc_llm.prompting import PromptConfig
-    from erc_llm.prompting.answer import label_tokens
-    from erc_llm.prompting.dataset import build_prompt_builder
     from erc_llm.training.collator import LabelOnlyCollator
-    from erc_llm.training.packed import build_packed_train_dataset
 
-    torch.manual_seed(0)
-    path = resolve_model(args.model)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16, attn_implementation="sdpa")
-    n_layers = model.config.num_hidden_layers
-    model = get_peft_model(model, LoraConfig(
-        r=16, lora_alpha=32, layers_to_transform=list(range(n_layers // 2, n_layers)),
-        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
-    model.train()
-    builder = build_prompt_builder(PromptConfig(template="erc_packed.j2", layout="packed", max_line_chars=200),
-                                   args.corpus, None)
+    model, tokenizer = recipe_lora_model(args.model)
     dialogues = load_split(args.corpus, "train").dialogues[: 4 * (args.batches + 1)]
-    data, _ = build_packed_train_dataset(dialogues, builder, tokenizer, label_tokens(tokenizer,
-                                         builder.label_set.labels), {}, 1536)
+    data = packed_training_data(args.corpus, tokenizer, dialogues)
     features = [data[i] for i in range(len(data))]
     batches = [features[i:i + 4] for i in range(4, len(features), 4)]  # the first 4 warm up nothing: skipped
 
