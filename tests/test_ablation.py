@@ -285,3 +285,26 @@ def test_rows_recorded_without_predictions_are_carried_only_against_a_reproduced
     recorded.write_text(json.dumps({"common": {}, "rows": [{**reference, "weighted_f1": 0.5}, old_history]}))
     run_ablation(spec, table_only=True)  # the rerun reference differs from the recorded one: nothing carried
     assert json.loads((spec.output_dir / "ablation.json").read_text())["not_run"] == ["+history"]
+
+
+def test_a_row_killed_by_sigkill_names_the_out_of_memory_killer(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Two rows at once can exhaust memory (a flat batch of 4 long packed sequences took 14 GB); the kernel then
+    SIGKILLs a trainer, and the runner says what that most likely was and how to go on."""
+    import subprocess
+    import sys
+
+    from erc_llm.training import ablate
+
+    spec = load_spec(write_spec(tmp_path / "spec.yaml"), validate=False)
+
+    def killed_row(spec, row, threads):
+        log = open(tmp_path / f"{row}.log", "ab")  # noqa: SIM115 - the queue closes it
+        suicide = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
+        return subprocess.Popen([sys.executable, "-c", suicide], stdout=log, stderr=subprocess.STDOUT), log
+
+    monkeypatch.setattr(ablate, "_launch", killed_row)
+    failed: list[str] = []
+    ablate._run_queue(spec, ["context"], {}, {}, failed, threads=1)
+    assert failed == ["context"]
+    out = capsys.readouterr().out
+    assert "out-of-memory killer" in out and "--parallel 1" in out

@@ -314,6 +314,14 @@ def _rows_stop_with_the_runner(running: dict[str, tuple[subprocess.Popen, Any, f
             signal.signal(signal.SIGTERM, previous)
 
 
+def _exit_reason(returncode: int) -> str:
+    """A failed row's exit, with the likely cause of a SIGKILL nobody sent: the kernel's out-of-memory killer."""
+    if returncode == -signal.SIGKILL:
+        return ("killed by SIGKILL, most likely the out-of-memory killer (`dmesg` says): rows at once share the "
+                "machine's memory; run fewer with --parallel 1, the same command continues from the last checkpoint")
+    return f"exit {returncode}"
+
+
 def _run_queue(spec: AblationSpec, todo: list[str], running: dict[str, tuple[subprocess.Popen, Any, float]],
                walls: dict[str, float], failed: list[str], threads: int) -> None:
     """Launch rows `spec.parallel` at a time until all have ended; record wall seconds and failures."""
@@ -330,7 +338,7 @@ def _run_queue(spec: AblationSpec, todo: list[str], running: dict[str, tuple[sub
             log.close()
             del running[row]
             walls[row] = time.perf_counter() - started
-            status = "done" if process.returncode == 0 else f"FAILED (exit {process.returncode})"
+            status = "done" if process.returncode == 0 else f"FAILED ({_exit_reason(process.returncode)})"
             print(f"  {row}: {status} in {walls[row] / 60:.1f} min", flush=True)
             if process.returncode != 0:
                 failed.append(row)
