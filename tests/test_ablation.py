@@ -263,9 +263,9 @@ def test_a_recorded_row_stands_in_for_its_missing_run_folder(tmp_path: Path) -> 
     assert json.loads((spec.output_dir / "ablation.json").read_text())["not_run"] == ["+history"]
 
 
-def test_rows_recorded_without_predictions_are_carried_only_against_a_reproduced_reference(tmp_path: Path) -> None:
-    """An older table kept no test predictions: its rows keep their recorded deltas (marked †) only when the rerun
-    reference scored exactly what the recorded one did; otherwise they are listed as not run."""
+def test_rows_recorded_without_predictions_keep_their_recorded_delta_and_say_against_what(tmp_path: Path) -> None:
+    """An older table kept no test predictions: its rows keep their recorded deltas (marked †), and the table says
+    whether this table's rerun reference reproduced the one those deltas were measured against."""
     spec = load_spec(write_spec(tmp_path / "spec.yaml"), validate=False)
     gold = ["neutral", "joy", "anger", "neutral"] * 10
     finished_rows(spec, gold, {"context": ["neutral", "joy", "neutral", "neutral"] * 10})
@@ -280,10 +280,15 @@ def test_rows_recorded_without_predictions_are_carried_only_against_a_reproduced
     spec = load_spec(write_spec(tmp_path / "spec.yaml", recorded=str(recorded)), validate=False)
     table = run_ablation(spec, table_only=True).read_text()
     rows = json.loads((spec.output_dir / "ablation.json").read_text())["rows"]
-    assert [r["row"] for r in rows] == ["context", "+history"] and rows[1]["carried"]
-    assert "| +history † |" in table and "-30.0 [" in table and "† Run in an earlier session" in table
+    assert [r["row"] for r in rows] == ["context", "+history"] and rows[1]["carried"]["reference_reproduced"]
+    assert "| +history † |" in table and "-30.0 [" in table and "reproduced exactly" in table
     recorded.write_text(json.dumps({"common": {}, "rows": [{**reference, "weighted_f1": 0.5}, old_history]}))
-    run_ablation(spec, table_only=True)  # the rerun reference differs from the recorded one: nothing carried
+    table = run_ablation(spec, table_only=True).read_text()  # the rerun reference scored otherwise
+    rows = json.loads((spec.output_dir / "ablation.json").read_text())["rows"]
+    assert not rows[1]["carried"]["reference_reproduced"] and rows[1]["carried"]["reference_weighted_f1"] == 0.5
+    assert "| +history † |" in table and "the earlier `context` run (test W-F1 50.0)" in table
+    recorded.write_text(json.dumps({"common": {"max_steps": 9}, "rows": [reference, old_history]}))
+    run_ablation(spec, table_only=True)  # recorded with other common settings: another experiment, not carried
     assert json.loads((spec.output_dir / "ablation.json").read_text())["not_run"] == ["+history"]
 
 

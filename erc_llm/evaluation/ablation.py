@@ -156,25 +156,25 @@ _REPRODUCED_KEYS = ("test_utterances", "weighted_f1", "macro_f1", "accuracy", "p
 
 def carried_rows(spec: Any, results: Sequence[Mapping[str, Any]], table: Mapping[str, Any],
                  rows: Sequence[str]) -> list[dict[str, Any]]:
-    """Rows of an earlier table recorded without test predictions, kept with the delta as recorded, but only when
-    the reference row was run again and reproduced the recorded reference's test scores exactly (so the recorded
-    deltas were measured against the same reference), and the row's overrides and the common settings are
-    today's. Each carried result says so in `carried`."""
+    """Rows of an earlier table recorded without test predictions (so they cannot be compared again), kept with
+    the delta as recorded: against the reference run of that table. Only rows whose overrides and common settings
+    are today's; each carried result says in `carried` which reference its delta is against, and whether this
+    table's reference reproduced that one's test scores exactly."""
     recorded = {r.get("row"): r for r in table.get("rows", [])}
     fresh = next((r for r in results if r["row"] == spec.reference), None)
     old = recorded.get(spec.reference)
-    if fresh is None or old is None or any(fresh.get(k) != old.get(k) for k in _REPRODUCED_KEYS):
+    if fresh is None or old is None or table.get("common") != spec.common:
         return []
-    if table.get("common") != spec.common:
-        return []
+    reproduced = all(fresh.get(k) == old.get(k) for k in _REPRODUCED_KEYS)
     carried = []
     for row in rows:
         result = recorded.get(row)
         if result is None or result.get("test_predictions") or result.get("overrides") != spec.rows[row]:
             continue
-        carried.append({**result, "carried": "recorded earlier without test predictions; its delta is as recorded, "
-                                              "against a reference run that this table's reference reproduced "
-                                              "exactly (same test W-F1, macro-F1, accuracy and per-class F1)"})
+        carried.append({**result, "carried": {
+            "reference_weighted_f1": old.get("weighted_f1"), "reference_reproduced": reproduced,
+            "why": "recorded without test predictions: its delta is as recorded, against the reference run of "
+                   "the table it comes from"}})
     return carried
 
 
@@ -242,10 +242,19 @@ def render_table(spec: Any, results: Sequence[dict[str, Any]], command: str) -> 
         lines.append(f"| {r['row']} | " + " | ".join(_pct(r["per_class_f1"].get(lab)) for lab in labels) + " |")
     lines += ["", f"Test utterances per row: {sorted({r['test_utterances'] for r in results})}; compared on "
               f"{results[0]['delta_vs_reference']['common_utterances']} shared utterances."]
-    if any(r.get("carried") for r in results):
+    carried = [r["carried"] for r in results if r.get("carried")]
+    if carried:
+        earlier = carried[0]
+        if earlier["reference_reproduced"]:
+            against = ("a reference run that this table's reference reproduced exactly (same test W-F1, macro-F1, "
+                       "accuracy and per-class F1)")
+        else:
+            against = (f"the earlier `{spec.reference}` run (test W-F1 {_pct(earlier['reference_weighted_f1'])}), "
+                       f"not this table's rerun of it, which did not reproduce it exactly (the two runs' difference "
+                       f"is run-to-run variation of the same recipe)")
         lines += ["", "† Run in an earlier session whose table kept no test predictions: its delta is as recorded "
-                  "then, against a reference run that this table's reference reproduced exactly (same test W-F1, "
-                  "macro-F1, accuracy and per-class F1). Rows run since keep their predictions in the JSON."]
+                  f"then, against {against}. Rows run since keep their test predictions in the JSON, so later rows "
+                  "are compared with them directly."]
     lines += ["",
               "Rerun (finished rows are reused):", "", "```bash", command, "```", ""]
     return "\n".join(lines)
