@@ -313,3 +313,31 @@ def test_a_row_killed_by_sigkill_names_the_out_of_memory_killer(tmp_path: Path, 
     assert failed == ["context"]
     out = capsys.readouterr().out
     assert "out-of-memory killer" in out and "--parallel 1" in out
+
+
+def test_a_failed_row_leaves_the_table_of_the_finished_rows_and_a_clear_error(tmp_path: Path, monkeypatch,
+                                                                               capsys) -> None:
+    """The runner's exit for a failed row is an error line naming the row and its log (no traceback), after the
+    table of the rows that did finish."""
+    import argparse
+    import subprocess
+    import sys
+
+    from erc_llm.training import ablate
+
+    spec_path = write_spec(tmp_path / "spec.yaml")
+    spec = load_spec(spec_path, validate=False)
+    gold = ["neutral", "joy", "anger", "neutral"] * 5
+    finished_rows(spec, gold, {"context": gold})
+
+    def failing_row(spec, row, threads):
+        log = open(tmp_path / f"{row}.log", "ab")  # noqa: SIM115 - the queue closes it
+        return subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"], stdout=log), log
+
+    monkeypatch.setattr(ablate, "_launch", failing_row)
+    args = argparse.Namespace(spec=str(spec_path), output_dir=None, parallel=None, dry_run=False, only=None,
+                              table_only=False, threads=1)
+    assert ablate._cmd_ablate(args) == 1
+    err = capsys.readouterr().err
+    assert "error: ablation row(s) ['+history'] failed" in err and "Traceback" not in err
+    assert "| context |" in (spec.output_dir / "ablation.md").read_text()

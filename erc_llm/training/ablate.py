@@ -275,8 +275,12 @@ def run_rows(spec: AblationSpec, only: Sequence[str] | None = None, threads: int
         _run_queue(spec, todo, running, walls, failed, threads)
     if failed:
         logs = ", ".join(str(spec.output_dir / "logs" / f"{r}.log") for r in failed)
-        raise RuntimeError(f"ablation row(s) {failed} failed; see {logs}")
+        raise RowsFailed(f"ablation row(s) {failed} failed; see {logs}")
     return walls
+
+
+class RowsFailed(RuntimeError):
+    """One or more rows' trainers failed (the message names them and their logs)."""
 
 
 class _Stopped(Exception):
@@ -351,13 +355,19 @@ def run_ablation(spec: AblationSpec, only: Sequence[str] | None = None, command:
     spec.output_dir.mkdir(parents=True, exist_ok=True)
     print(f"ablation {spec.path} -> {spec.output_dir} ({len(spec.rows)} rows, {spec.parallel} at a time)", flush=True)
     recorded = load_recorded(spec)
+    failure = None
     if not table_only:
-        run_rows(spec, only, threads, recorded)
+        try:
+            run_rows(spec, only, threads, recorded)
+        except RowsFailed as exc:  # the finished rows still get their table
+            failure = exc
     in_folders = [row for row in spec.rows if row_is_finished(spec, row)]
     stand_in = {row: result for row, result in recorded.usable.items() if row not in in_folders}
     finished = [row for row in spec.rows if row in in_folders or row in stand_in]
     if spec.reference not in finished:
         print(f"the reference row {spec.reference!r} has not finished; no table yet", flush=True)
+        if failure:
+            raise failure
         return spec.output_dir / "ablation.md"
     results = collect_results(spec, finished, recorded=stand_in)
     results += carried_rows(spec, results, recorded.table, [r for r in spec.rows if r not in finished])
@@ -373,6 +383,8 @@ def run_ablation(spec: AblationSpec, only: Sequence[str] | None = None, command:
                                                           "not_run": missing}, inline_scalar_lists=True)
     report = atomic_write_text(spec.output_dir / "ablation.md", render_table(spec, results, command))
     print(f"table: {report}", flush=True)
+    if failure:
+        raise failure
     return report
 
 
@@ -393,8 +405,12 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
                      f"to run; {spec.shown_recorded()}: {recorded.refused[row]}" if row in recorded.refused else "to run")
             print(f"{row} ({state}): python {SFT_SCRIPT.relative_to(REPO)} " + " ".join(spec.row_args(row)))
         return 0
-    run_ablation(spec, args.only, command=f"erc-llm ablate --spec {args.spec}", table_only=args.table_only,
-                 threads=args.threads)
+    try:
+        run_ablation(spec, args.only, command=f"erc-llm ablate --spec {args.spec}", table_only=args.table_only,
+                     threads=args.threads)
+    except (RowsFailed, AblationSpecError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
