@@ -142,7 +142,8 @@ def recorded_rows(spec: Any, table: Mapping[str, Any], wanted: Mapping[str, Mapp
         if row not in wanted:
             continue
         if not result.get("test_predictions"):
-            refused[row] = "recorded without its test predictions (a table written before they were kept)"
+            refused[row] = ("recorded without its test predictions (a table written before they were kept); the "
+                            "table carries its recorded delta until it is run again")
         elif not settings_match(result.get("config") or {}, wanted[row]):
             refused[row] = "recorded with other settings than the row has today"
         else:
