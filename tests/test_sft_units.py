@@ -163,3 +163,24 @@ def test_label_set_loss_is_a_softmax_over_the_labels_first_tokens_at_first_answe
 def test_label_loss_must_be_known() -> None:
     with pytest.raises(SFTConfigError, match="label_loss"):
         ERCSFTConfig(output_dir="/tmp/x", label_loss="labels")
+
+
+def test_inline_label_settings_of_a_per_utterance_run_are_refused_at_parse_time() -> None:
+    """A per-utterance run on top of a packed recipe with inline label noise is an error before any model loads
+    (it used to surface only after loading the model; the training benchmark's per-utterance arm hit it)."""
+    with pytest.raises(SFTConfigError, match="packed_label_noise.*layout: per_utterance"):
+        load_recipe(REPO / "recipes/qwen2.5-coder-0.5b/sft/meld_packed.yaml",
+                    ["--layout", "per_utterance", "--template", "erc_instruct.j2"])
+
+
+def test_every_training_benchmark_arm_parses_against_todays_recipe(tmp_path: Path) -> None:
+    """The arms of evaluation/bench_sft_packed.py are recipe overrides: a recipe change must not break them."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_sft_packed", REPO / "evaluation" / "bench_sft_packed.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for layout, overrides in bench.LAYOUTS.items():
+        data_args, _, _ = load_recipe(REPO / "recipes/qwen2.5-coder-0.5b/sft/meld_packed.yaml", [
+            "--output_dir", str(tmp_path / layout), "--train_subsample", "400", *bench.COMMON, *overrides])
+        assert data_args.layout == layout.split("_accumulated")[0]

@@ -270,6 +270,9 @@ def parse_sft_args(argv: Sequence[str] | None = None) -> tuple[ERCDataArguments,
         args=None if argv is None else list(argv), fail_with_unknown_args=True
     )
     validate_model_args(model_args, training_args)
+    if data_args.layout != "packed" and (training_args.packed_inline_predictions or training_args.packed_label_noise):
+        raise SFTConfigError("packed_inline_predictions / packed_label_noise change the inline labels of the packed "
+                             f"layout; this run uses layout: {data_args.layout} (set them to None / 0)")
     return data_args, training_args, model_args
 
 

@@ -141,9 +141,6 @@ def build_trainer(
     if training_args.label_loss == "label_set" and not answer.first_token_unique:
         raise SFTConfigError("label_loss: label_set needs labels whose first tokens differ for this tokenizer "
                              f"({builder.label_set.labels}); use label_loss: vocabulary")
-    if builder.config.layout != "packed" and (training_args.packed_inline_predictions or training_args.packed_label_noise):
-        raise SFTConfigError("packed_inline_predictions / packed_label_noise change the inline labels of the packed "
-                             "layout; this run uses layout: per_utterance")
     if builder.config.layout == "packed":
         dataset, weights, info = packed_train_data(builder, splits, tokenizer, answer, training_args, train_size, seed)
     else:
