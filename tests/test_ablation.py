@@ -53,6 +53,8 @@ def test_spec_errors_name_the_file_and_key(tmp_path: Path) -> None:
         load_spec(write_spec(tmp_path / "spec.yaml", rows={"context": {}, "+history": {"use_histroy": True}}))
     with pytest.raises(AblationSpecError, match="base_config"):
         load_spec(write_spec(tmp_path / "spec.yaml", base_config="recipes/nope.yaml"))
+    with pytest.raises(AblationSpecError, match=r"spec\.yaml: recorded table 'evaluation/nope.json' not found"):
+        load_spec(write_spec(tmp_path / "spec.yaml", recorded="evaluation/nope.json"), validate=False)
 
 
 def test_rows_are_reused_only_when_their_arguments_match(tmp_path: Path) -> None:

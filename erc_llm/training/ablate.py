@@ -153,11 +153,14 @@ def load_spec(path: str | os.PathLike[str], output_dir: str | None = None, valid
     base_config = _resolve(str(raw["base_config"]), spec_path)
     if not base_config.is_file():
         raise AblationSpecError(f"{spec_path}: base_config {raw['base_config']!r} not found")
+    recorded = _resolve(str(raw["recorded"]), spec_path) if raw.get("recorded") else None
+    if recorded is not None and not recorded.is_file():
+        raise AblationSpecError(f"{spec_path}: recorded table {raw['recorded']!r} not found")
     spec = AblationSpec(
         path=spec_path, base_config=base_config, rows={str(k): dict(v or {}) for k, v in rows.items()},
         reference=str(raw["reference"]), common=dict(common), parallel=parallel,
         output_dir=Path(output_dir or raw["output_dir"]), description=str(raw.get("description") or ""),
-        recorded=_resolve(str(raw["recorded"]), spec_path) if raw.get("recorded") else None,
+        recorded=recorded,
     )
     if validate:
         validate_rows(spec)
@@ -241,7 +244,7 @@ class Recorded:
 
 def load_recorded(spec: AblationSpec) -> Recorded:
     """Read the spec's `recorded` table (none: nothing recorded); a row with a finished run folder ignores it."""
-    if spec.recorded is None or not spec.recorded.is_file():
+    if spec.recorded is None:
         return Recorded()
     from erc_llm.training.config import parse_sft_args, resolved_config  # lazy: TRL is slow to import
 
