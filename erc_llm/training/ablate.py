@@ -264,9 +264,10 @@ def run_rows(spec: AblationSpec, only: Sequence[str] | None = None, threads: int
     rows); return each launched row's wall seconds."""
     recorded = recorded or Recorded()
     rows = [r for r in spec.rows if not only or r in only]
-    todo = [r for r in rows if not row_is_finished(spec, r) and r not in recorded.usable]
+    finished = {r for r in rows if row_is_finished(spec, r)}  # each check parses the row's arguments: once
+    todo = [r for r in rows if r not in finished and r not in recorded.usable]
     for row in rows:
-        if row_is_finished(spec, row):
+        if row in finished:
             print(f"  {row}: finished earlier, reused", flush=True)
         elif row in recorded.usable:
             print(f"  {row}: recorded in {spec.shown_recorded()}, reused (its test predictions are there)", flush=True)
