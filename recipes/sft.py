@@ -101,6 +101,7 @@ def main() -> None:
         "best_checkpoint": trainer.state.best_model_checkpoint, "best_dev_metric": trainer.state.best_metric,
         "dev_eval_seconds": trainer.dev_seconds, "bf16": training_args.bf16, "torch_threads": torch.get_num_threads(),
         "resumed_from": resume, "ddp_find_unused_parameters": ddp_find_unused(trainer),
+        "inline_self_predicted": trainer.inline_totals if training_args.packed_inline_self_predictions else None,
     }
     dev_metrics = write_split_outputs(out / "dev", data_args.eval_split, data_args.corpus, dev_records, labels, summary)
     summary["dev_weighted_f1"] = dev_metrics["weighted_f1"]

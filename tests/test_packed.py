@@ -259,8 +259,9 @@ def test_sharded_chained_labelling_equals_one_process(meld, layout):
 
 @pytest.mark.slow
 def test_packed_sft_recipe_runs_end_to_end(tmp_path, data_dir):
-    """recipes/sft.py in the packed layout with corpus history and the label-set loss: trains on packed dialogues,
-    selects on dev by packed labelling, labels test, and records the layout and loss in the run summary."""
+    """recipes/sft.py in the packed layout with corpus history, the label-set loss and self-predicted inline labels:
+    trains on packed dialogues, selects on dev by packed labelling, labels test, and records the layout, loss and
+    in-step predictions in the run summary."""
     import json
     import os
     import subprocess
@@ -273,13 +274,16 @@ def test_packed_sft_recipe_runs_end_to_end(tmp_path, data_dir):
            str(repo / "recipes" / "smollm2-135m" / "sft" / "smoke.yaml"), "--output_dir", str(out),
            "--layout", "packed", "--template", "erc_packed.j2", "--use_history", "true", "--batching", "padding_free",
            "--per_device_train_batch_size", "2", "--train_subsample", "40", "--test_split", "test",
-           "--test_subsample", "20", "--label_loss", "label_set"]
+           "--test_subsample", "20", "--label_loss", "label_set",
+           "--packed_inline_self_predictions", "1"]
     env = {**os.environ, "ERC_LLM_DATA_DIR": str(data_dir), "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "run_summary.json").read_text())
     assert summary["layout"] == "packed" and summary["train_sequences"] < summary["train_examples"]
     assert summary["label_loss"] == "label_set"
+    self_predicted = summary["inline_self_predicted"]  # every answer predicted in-step; wrong ones shown inline
+    assert self_predicted["answers"] >= summary["train_examples"] and self_predicted["shown"] == self_predicted["wrong"]
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert rows and all(r["pred"] in r["scores"] for r in rows)
 
@@ -359,3 +363,65 @@ def test_inline_predictions_must_cover_every_training_line(meld, tmp_path):
     write_predictions(path, [dataclasses.replace(records[0], pred="bored"), *records[1:]])
     with pytest.raises(ValueError, match=rf"{path}: record 1 .*'bored'"):
         load_inline_predictions(path, dialogues, labels)
+
+
+def _collated(data) -> dict:
+    from erc_llm.training.collator import LabelOnlyCollator
+
+    return LabelOnlyCollator(pad_token_id=0, padding_free=True)([dict(row) for row in data])
+
+
+def test_inline_labels_shown_in_a_step_equal_packing_with_those_labels(meld, smollm2):
+    """`show_inline_labels` on a collated gold batch gives exactly the batch that packing with those labels inline
+    makes (tokens, restarting positions, target positions, gold targets, class weights)."""
+    from erc_llm.training.packed import answer_spans, show_inline_labels
+
+    builder, train, _ = meld
+    _, tokenizer = smollm2
+    answer = label_tokens(tokenizer, builder.label_set.labels)
+    labels = list(builder.label_set.labels)
+    dialogues = train[:8]
+    weights = class_weights([u.label for d in dialogues for u in d], "inverse")
+    history = builder.gold_history(train)
+    # every other line shows another label (several lengths in tokens), the rest stays gold
+    inline = {d.id: [labels[(labels.index(u.label) + 1 + i) % len(labels)] if i % 2 else u.label
+                     for i, u in enumerate(d)] for d in dialogues}
+    gold_data, _ = build_packed_train_dataset(dialogues, builder, tokenizer, answer, weights, 4096, history=history)
+    shown_data, stats = build_packed_train_dataset(dialogues, builder, tokenizer, answer, weights, 4096,
+                                                   history=history, inline_labels=inline)
+    assert stats.predicted_inline_labels > 0
+    gold_batch = _collated(gold_data)
+    assert [g for _, _, g in answer_spans(gold_batch, answer)] == [u.label for d in dialogues for u in d]
+    shown = [label if label != u.label else None for d in dialogues for u, label in zip(d, inline[d.id])]
+    got, want = show_inline_labels(gold_batch, shown, answer), _collated(shown_data)
+    assert got.keys() == want.keys()
+    for key in want:
+        assert torch.equal(got[key], want[key]), key
+    assert torch.equal(show_inline_labels(gold_batch, [None] * len(shown), answer)["input_ids"], gold_batch["input_ids"])
+    with pytest.raises(ValueError, match="gold"):
+        answer_spans(want, answer)  # a batch that already shows other labels cannot be told apart from gold
+
+
+def test_step_predictions_are_what_packed_labelling_answers_given_gold_inline_labels(meld, smollm2):
+    """The trainer's in-step predictions (one pass over a flat batch of several dialogues) are, answer for answer,
+    the labels the packed labeller's scorer gives each line with gold labels inline before it."""
+    from erc_llm.training.trainer import predict_answers
+
+    builder, train, _ = meld
+    model, tokenizer = smollm2
+    answer = label_tokens(tokenizer, builder.label_set.labels)
+    dialogues = [d for d in train[:20] if 3 <= len(d) <= 8][:3]
+    data, _ = build_packed_train_dataset(dialogues, builder, tokenizer, answer, {}, 4096, history=None)
+    model.train()
+    predicted = predict_answers(model, _collated(data), answer)
+    assert model.training  # the train/eval state is restored
+    model.eval()
+    scorer = HFPackedScorer(model, tokenizer, builder.label_set.labels)
+    expected = []
+    for d in dialogues:
+        gold = [u.label for u in d]
+        no_history = scene_history(builder, d, None, ())
+        for r in range(len(d)):
+            scores = scorer.score([packed_messages(builder, d, 0, r + 1, gold[:r], no_history)])[0]
+            expected.append(max(scores, key=scores.get))
+    assert predicted == expected and len(set(expected)) > 1

@@ -173,6 +173,19 @@ def test_inline_label_settings_of_a_per_utterance_run_are_refused_at_parse_time(
                     ["--layout", "per_utterance", "--template", "erc_instruct.j2"])
 
 
+def test_self_predicted_inline_labels_are_refused_where_they_cannot_replace_gold() -> None:
+    recipe = REPO / "recipes/qwen2.5-coder-0.5b/sft/meld_packed.yaml"  # 20% inline label noise
+    with pytest.raises(SFTConfigError, match="packed_inline_self_predictions.*packed_label_noise: 0"):
+        load_recipe(recipe, ["--packed_inline_self_predictions", "1"])
+    with pytest.raises(SFTConfigError, match="batching: padding_free"):
+        load_recipe(recipe, ["--packed_inline_self_predictions", "1", "--packed_label_noise", "0",
+                             "--batching", "length_grouped"])
+    with pytest.raises(SFTConfigError, match="in \\[0, 1\\]"):
+        load_recipe(recipe, ["--packed_inline_self_predictions", "1.5", "--packed_label_noise", "0"])
+    _, training_args, _ = load_recipe(recipe, ["--packed_inline_self_predictions", "0.5", "--packed_label_noise", "0"])
+    assert training_args.packed_inline_self_predictions == 0.5
+
+
 def test_every_training_benchmark_arm_parses_against_todays_recipe(tmp_path: Path) -> None:
     """The arms of evaluation/bench_sft_packed.py are recipe overrides: a recipe change must not break them."""
     import importlib.util

@@ -199,6 +199,16 @@ class ERCSFTConfig(SFTConfig):
             "trains this recipe, skipping finished stages."
         },
     )
+    packed_inline_self_predictions: float = field(
+        default=0.0,
+        metadata={
+            "help": "Packed layout only: probability that a training line whose label the model gets wrong in this "
+            "step is shown inline to later lines with the model's own prediction instead of gold (targets stay gold). "
+            "The prediction comes from one extra forward pass per micro-batch without gradients over the gold-inline "
+            "sequence (teacher-forced): the in-run alternative to packed_inline_predictions, with no earlier model "
+            "and no labelling stage. Needs batching: padding_free and no other inline-label change."
+        },
+    )
     eval_at_start: bool = field(
         default=False, metadata={"help": "Score the dev split before the first step (zero-shot reference)."}
     )
@@ -219,6 +229,9 @@ class ERCSFTConfig(SFTConfig):
             raise SFTConfigError(f"max_class_weight must be >= 1, got {self.max_class_weight}")
         if not 0.0 <= self.packed_label_noise < 1.0:
             raise SFTConfigError(f"packed_label_noise must be in [0, 1), got {self.packed_label_noise}")
+        if not 0.0 <= self.packed_inline_self_predictions <= 1.0:
+            raise SFTConfigError("packed_inline_self_predictions must be in [0, 1], got "
+                                 f"{self.packed_inline_self_predictions}")
         if self.label_score_batch_size < 1:
             raise SFTConfigError("label_score_batch_size must be >= 1")
         if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
@@ -270,9 +283,16 @@ def parse_sft_args(argv: Sequence[str] | None = None) -> tuple[ERCDataArguments,
         args=None if argv is None else list(argv), fail_with_unknown_args=True
     )
     validate_model_args(model_args, training_args)
-    if data_args.layout != "packed" and (training_args.packed_inline_predictions or training_args.packed_label_noise):
-        raise SFTConfigError("packed_inline_predictions / packed_label_noise change the inline labels of the packed "
-                             f"layout; this run uses layout: {data_args.layout} (set them to None / 0)")
+    t = training_args
+    if data_args.layout != "packed" and (t.packed_inline_predictions or t.packed_label_noise
+                                         or t.packed_inline_self_predictions):
+        raise SFTConfigError("packed_inline_predictions / packed_label_noise / packed_inline_self_predictions change "
+                             f"the inline labels of the packed layout; this run uses layout: {data_args.layout} (set "
+                             "them to None / 0)")
+    if t.packed_inline_self_predictions and (t.packed_inline_predictions or t.packed_label_noise
+                                             or t.batching != "padding_free"):
+        raise SFTConfigError("packed_inline_self_predictions replaces gold inline labels in padding-free batches: "
+                             "set batching: padding_free, packed_label_noise: 0 and packed_inline_predictions: null")
     return data_args, training_args, model_args
 
 

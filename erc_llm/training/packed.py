@@ -13,6 +13,9 @@ training label distribution (other than gold); the loss at that line still targe
 The noise is random; a model's own errors are not (it repeats its previous label). `inline_labels` shows instead an
 earlier model's predictions on the training split (`load_inline_predictions`, from `erc-llm label --split train`),
 so training sees inline labels with the errors a labeller makes; targets stay gold, as with noise.
+`show_inline_labels` does the same inside a training step, on a collated batch: the trainer's
+`packed_inline_self_predictions` shows the model's own predictions of that step (no earlier model, no labelling
+stage).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from datasets import Dataset
 
 from erc_llm.data.schema import Dialogue
@@ -170,6 +174,81 @@ def build_packed_train_dataset(
                         chunked_dialogues=chunked, mean_length=sum(lengths) / len(lengths), max_length=max(lengths),
                         noised_labels=noised, predicted_inline_labels=predicted)
     return Dataset.from_dict(rows), stats
+
+
+def answer_spans(batch: dict[str, torch.Tensor], answer: LabelTokens) -> list[tuple[int, int, str]]:
+    """(first target index, first label token's position, gold label) of each answer in a padding-free packed
+    batch whose inline labels are gold (every answer trains its label tokens, and the end token when present)."""
+    firsts = {answer.ids[label][0]: label for label in answer.labels}
+    ids = batch["input_ids"][0].tolist()
+    cols = batch["target_cols"].tolist()
+    targets = batch["target_ids"].tolist()
+    spans = []
+    for t in torch.nonzero(batch["target_first"]).flatten().tolist():
+        gold = firsts.get(targets[t])
+        start = cols[t] + 1
+        if gold is None or ids[start: start + len(answer.ids[gold])] != list(answer.ids[gold]):
+            raise ValueError("self-predicted inline labels need a packed batch whose inline labels are gold, each "
+                             "answer trained on its whole label (no packed_label_noise, no packed_inline_predictions)")
+        spans.append((t, start, gold))
+    return spans
+
+
+def show_inline_labels(batch: dict[str, torch.Tensor], shown: Sequence[str | None], answer: LabelTokens
+                       ) -> dict[str, torch.Tensor]:
+    """The padding-free packed batch (gold inline labels) with answer k's inline label replaced by `shown[k]`
+    (None: kept). A replaced answer trains only the gold label's first token, predicted from the same context
+    (as with `label_noise` and `inline_labels`, so the result equals the batch `build_packed_train_dataset` makes
+    with those labels inline); later tokens move and positions restart per sequence as before."""
+    spans = answer_spans(batch, answer)
+    if len(shown) != len(spans):
+        raise ValueError(f"{len(shown)} inline labels for {len(spans)} answers")
+    ids = batch["input_ids"][0].tolist()
+    restarts = (batch["position_ids"][0] == 0).tolist()
+    cols, targets = batch["target_cols"].tolist(), batch["target_ids"].tolist()
+    weights, first = batch["target_weights"].tolist(), batch["target_first"].tolist()
+    new_ids: list[int] = []
+    new_restarts: list[bool] = []
+    out: dict[str, list] = {"cols": [], "ids": [], "weights": [], "first": []}
+    cursor = 0
+    bounds = [t for t, _, _ in spans] + [len(targets)]
+    for k, ((t, start, gold), label) in enumerate(zip(spans, shown)):
+        new_ids += ids[cursor:start]
+        new_restarts += restarts[cursor:start]
+        shift = len(new_ids) - start
+        end = start + len(answer.ids[gold])
+        if label is None or label == gold:
+            new_ids += ids[start:end]
+            new_restarts += restarts[start:end]
+            for j in range(t, bounds[k + 1]):
+                out["cols"].append(cols[j] + shift)
+                out["ids"].append(targets[j])
+                out["weights"].append(weights[j])
+                out["first"].append(first[j])
+        else:
+            out["cols"].append(len(new_ids) - 1)
+            out["ids"].append(targets[t])
+            out["weights"].append(weights[t])
+            out["first"].append(True)
+            new_ids += list(answer.ids[label])
+            new_restarts += [False] * len(answer.ids[label])
+        cursor = end
+    new_ids += ids[cursor:]
+    new_restarts += restarts[cursor:]
+    positions, p = [], -1
+    for restart in new_restarts:
+        p = 0 if restart else p + 1
+        positions.append(p)
+    return {
+        **batch,
+        "input_ids": torch.tensor([new_ids], dtype=torch.long),
+        "position_ids": torch.tensor([positions], dtype=torch.long),
+        "target_rows": torch.zeros(len(out["cols"]), dtype=torch.long),
+        "target_cols": torch.tensor(out["cols"], dtype=torch.long),
+        "target_ids": torch.tensor(out["ids"], dtype=torch.long),
+        "target_weights": torch.tensor(out["weights"], dtype=torch.float32),
+        "target_first": torch.tensor(out["first"], dtype=torch.bool),
+    }
 
 
 def load_inline_predictions(path: str | Path, dialogues: Sequence[Dialogue], labels: Sequence[str]

@@ -164,6 +164,7 @@ def build_trainer(
         processing_class=tokenizer, data_collator=collator, peft_config=lora_config(model_args, model),
         callbacks=callbacks, builder=builder, eval_dialogues=splits.dev,
         label_first_ids=answer.first_ids if training_args.label_loss == "label_set" else None,
+        answer=answer, inline_self_predictions=training_args.packed_inline_self_predictions,
     )
     info.update(layout=builder.config.layout, label_loss=training_args.label_loss,
                 class_weights={k: round(v, 4) for k, v in weights.items()},

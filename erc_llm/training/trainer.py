@@ -12,6 +12,14 @@ batch whose examples all share one class; dividing by the step's T (not the micr
 batch 1 x 4 accumulation steps the same objective. CE_t is over the whole vocabulary, or with
 `label_loss: label_set` at an answer's first token over the labels' first tokens only (`label_first_ids`).
 
+Inline labels from the model itself (`packed_inline_self_predictions = p`, packed layout). Each micro-batch first
+goes through the model without gradients and with dropout off; the argmax over the labels' first tokens at every
+answer is the label the model gives that line from the gold-inline context before it (teacher-forced, one pass).
+Where it differs from gold, with probability p it replaces the inline label that later lines see
+(`erc_llm.training.packed.show_inline_labels`) and only the gold first token is trained there; then the usual
+loss. T above counts the step's answer tokens before replacement. The share of wrong predictions is logged as
+`inline_self_wrong` (a teacher-forced training error rate).
+
 Evaluation. `evaluate()` labels the dev dialogues with `erc_llm.labelling.loop.label_split` (the labelling
 package's driver, either prompt layout; constrained label scoring, history from the model's own predictions) and
 reports `eval_weighted_f1`, `eval_macro_f1`, `eval_accuracy`; `metric_for_best_model` and early stopping work on
@@ -21,6 +29,7 @@ exchanged after it) and all processes get every prediction.
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -35,7 +44,9 @@ from erc_llm.evaluation.rundir import PredictionRecord
 from erc_llm.labelling.bias import BiasedScorer
 from erc_llm.labelling.loop import Labelled, label_split
 from erc_llm.labelling.scorers import HFLabelScorer, HFPackedScorer
+from erc_llm.prompting.answer import LabelTokens
 from erc_llm.prompting.builder import PromptBuilder
+from erc_llm.training.packed import answer_spans, show_inline_labels
 
 _TARGET_KEYS = ("target_rows", "target_cols", "target_ids", "target_weights", "target_first")
 
@@ -79,12 +90,37 @@ def label_token_loss(logits: torch.Tensor, targets: torch.Tensor, first: torch.T
     return loss
 
 
+@torch.no_grad()
+def predict_answers(model, inputs: dict[str, torch.Tensor], answer: LabelTokens) -> list[str]:
+    """The label `model` gives each answer of a padding-free packed batch from the context before it: argmax over
+    the labels' first tokens, dropout off (what packed labelling would answer given those inline labels)."""
+    cols = inputs["target_cols"][inputs["target_first"]]
+    keep, index = torch.unique(cols, return_inverse=True)
+    was_training = model.training
+    model.eval()
+    try:
+        logits = model(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"], logits_to_keep=keep,
+                       use_cache=False).logits[0, index]
+    finally:
+        model.train(was_training)
+    first_ids = torch.tensor(answer.first_ids, device=logits.device)
+    return [answer.labels[i] for i in logits[:, first_ids].argmax(-1).tolist()]
+
+
 class ERCSFTTrainer(SFTTrainer):
     """SFTTrainer whose loss is class-weighted on label tokens and whose evaluation is dev label scoring."""
 
     def __init__(self, *args, builder: PromptBuilder, eval_dialogues: Sequence[Dialogue],
-                 label_first_ids: Sequence[int] | None = None, **kwargs) -> None:
+                 label_first_ids: Sequence[int] | None = None, answer: LabelTokens | None = None,
+                 inline_self_predictions: float = 0.0, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        if inline_self_predictions and (answer is None or not answer.first_token_unique):
+            raise ValueError("packed_inline_self_predictions needs labels whose first tokens differ")
+        self.answer = answer
+        self.inline_self_predictions = inline_self_predictions
+        self.inline_counts = {"answers": 0, "wrong": 0, "shown": 0}  # since the last log
+        self.inline_totals = {"answers": 0, "wrong": 0, "shown": 0}
+        self._inline_calls = (-1, 0)  # (global step, micro-batch index in it): seeds the replacement draws
         # label_loss == label_set: the labels' first token ids; the loss at first answer tokens is over these only
         self.label_first_ids = torch.tensor(list(label_first_ids), dtype=torch.long) if label_first_ids else None
         self.builder = builder
@@ -109,6 +145,8 @@ class ERCSFTTrainer(SFTTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         started = time.perf_counter()
+        if self.inline_self_predictions and model.training:
+            inputs = self.self_predicted_inline(model, inputs)
         rows, cols, target_ids, weights, first = (inputs.pop(k) for k in _TARGET_KEYS)
         keep, col_index = torch.unique(cols, return_inverse=True)
         outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
@@ -121,6 +159,27 @@ class ERCSFTTrainer(SFTTrainer):
             self.train_tokens += int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
             self.train_compute_seconds += time.perf_counter() - started
         return (loss, outputs) if return_outputs else loss
+
+    def self_predicted_inline(self, model, inputs):
+        """The batch with the model's own wrong predictions shown inline at a share p of the answers."""
+        predicted = predict_answers(self.accelerator.unwrap_model(model), inputs, self.answer)
+        gold = [label for _, _, label in answer_spans(inputs, self.answer)]
+        step, call = self._inline_calls
+        self._inline_calls = (self.state.global_step, call + 1 if step == self.state.global_step else 0)
+        rng = random.Random(f"{self.args.seed}:{self._inline_calls}")
+        shown = [p if p != g and rng.random() < self.inline_self_predictions else None
+                 for p, g in zip(predicted, gold)]
+        for counts in (self.inline_counts, self.inline_totals):
+            counts["answers"] += len(gold)
+            counts["wrong"] += sum(p != g for p, g in zip(predicted, gold))
+            counts["shown"] += sum(s is not None for s in shown)
+        return show_inline_labels(inputs, shown, self.answer) if any(shown) else inputs
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if self.inline_counts["answers"] and "loss" in logs:
+            logs["inline_self_wrong"] = round(self.inline_counts["wrong"] / self.inline_counts["answers"], 4)
+            self.inline_counts = dict.fromkeys(self.inline_counts, 0)
+        super().log(logs, *args, **kwargs)
 
     # ---- evaluation -------------------------------------------------------------------------------------
     def label_scorer(self, label_bias: dict[str, float] | None = None):
