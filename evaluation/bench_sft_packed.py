@@ -9,7 +9,12 @@ history, sqrt-inverse class weights, LoRA on the top layers, bf16 frozen base, n
   one flat padding-free sequence (the recorded recipes);
 * packed_accumulated: the same dialogues and the same optimizer steps, one dialogue per micro-batch and 4
   accumulation steps (the loss is the mean over the step's answer tokens either way, see `ERCSFTTrainer`), so no
-  attention work is spent across dialogues.
+  attention work is spent across dialogues;
+* packed_self_predictions: packed_accumulated with `--packed_inline_self_predictions 1` (one more forward pass per
+  micro-batch, without gradients, for the model's own inline labels).
+
+`--processes N` runs every arm as N torchrun processes (gloo, one thread each, `--threads` ignored) with the same
+examples per optimizer step: the per-process batch, or else the accumulation steps, divided by N.
 
 With `--repeats N` the arms run N times in turn (A B C A B C ...) so that a change of machine load hits every arm;
 the JSON keeps each arm's median run and all runs' rates.
@@ -18,7 +23,7 @@ Labelled utterances per second = lines trained / `trainer.train()` wall seconds 
 run_summary.json). Writes evaluation/bench_sft_packed.json.
 
     python evaluation/bench_sft_packed.py --model Qwen/Qwen2.5-Coder-0.5B-Instruct --utterances 400 --threads 2 \
-        [--repeats 2]
+        [--repeats 2] [--processes 2 --out evaluation/bench_sft_packed_2processes.json]
 """
 
 from __future__ import annotations
@@ -56,6 +61,22 @@ LAYOUTS = {
                            "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "4",
                            "--batching", "padding_free", "--max_length", "1536"],
 }
+LAYOUTS["packed_self_predictions"] = [*LAYOUTS["packed_accumulated"], "--packed_inline_self_predictions", "1"]
+
+
+def per_process(overrides: list[str], processes: int) -> list[str]:
+    """The arm's overrides for `processes` data-parallel processes, same examples per optimizer step."""
+    out = list(overrides)
+    batch = out.index("--per_device_train_batch_size") + 1
+    if int(out[batch]) % processes == 0:
+        out[batch] = str(int(out[batch]) // processes)
+        return out
+    if "--gradient_accumulation_steps" in out:
+        accumulation = out.index("--gradient_accumulation_steps") + 1
+        if int(out[accumulation]) % processes == 0:
+            out[accumulation] = str(int(out[accumulation]) // processes)
+            return out
+    raise SystemExit(f"{processes} processes do not divide the arm's batch or accumulation steps: {overrides}")
 
 
 def parse_args() -> argparse.Namespace:
@@ -65,6 +86,8 @@ def parse_args() -> argparse.Namespace:
                    help="Recipe the model/LoRA settings come from (layout keys are overridden).")
     p.add_argument("--utterances", type=int, default=400)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--processes", type=int, default=1,
+                   help="torchrun processes per arm (one thread each); the same examples per optimizer step")
     p.add_argument("--repeats", type=int, default=1, help="run the arms this many times in turn; report medians")
     p.add_argument("--arms", nargs="+", default=list(LAYOUTS), choices=list(LAYOUTS),
                    help="run only these arms (a diagnosis; the JSON is written only when every arm ran)")
@@ -74,10 +97,14 @@ def parse_args() -> argparse.Namespace:
 
 def run(layout: str, args: argparse.Namespace, out_dir: Path) -> dict:
     """One recipes/sft.py run; its run_summary.json plus wall time."""
-    cmd = [sys.executable, str(REPO / "recipes" / "sft.py"), "--config", args.base_config,
-           "--model_name_or_path", args.model, "--output_dir", str(out_dir), "--train_subsample", str(args.utterances),
-           *COMMON, *LAYOUTS[layout]]
+    launch = [sys.executable]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    if args.processes > 1:
+        launch += ["-m", "torch.distributed.run", "--nproc_per_node", str(args.processes), "--master_port", "29561"]
+        env.update(OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="1")
+    cmd = [*launch, str(REPO / "recipes" / "sft.py"), "--config", args.base_config,
+           "--model_name_or_path", args.model, "--output_dir", str(out_dir), "--train_subsample", str(args.utterances),
+           *COMMON, *per_process(LAYOUTS[layout], args.processes)]
     started = time.perf_counter()
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     if result.returncode != 0:
@@ -115,15 +142,19 @@ def main() -> None:
     speedup = results["packed"]["utterances_per_second"] / base
     results["speedup"] = round(speedup, 2)
     results["speedup_packed_accumulated"] = round(results["packed_accumulated"]["utterances_per_second"] / base, 2)
+    results["self_predictions_cost"] = round(results["packed_accumulated"]["utterances_per_second"]
+                                             / results["packed_self_predictions"]["utterances_per_second"], 2)
     results["meta"] = {
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "model": args.model, "threads": args.threads,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "model": args.model,
+        "threads": 1 if args.processes > 1 else args.threads, "processes": args.processes,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         "command": "python evaluation/bench_sft_packed.py " + shlex.join(sys.argv[1:]),
     }
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(f"packed / per-utterance: {speedup:.2f}x; packed, one dialogue per micro-batch / per-utterance: "
-          f"{results['speedup_packed_accumulated']:.2f}x  -> {args.out}")
+          f"{results['speedup_packed_accumulated']:.2f}x; self-predicted inline labels cost "
+          f"{results['self_predictions_cost']:.2f}x  -> {args.out}")
     print(f"rerun: {results['meta']['command']}")
 
 

@@ -194,6 +194,12 @@ def test_every_training_benchmark_arm_parses_against_todays_recipe(tmp_path: Pat
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     for layout, overrides in bench.LAYOUTS.items():
-        data_args, _, _ = load_recipe(REPO / "recipes/qwen2.5-coder-0.5b/sft/meld_packed.yaml", [
-            "--output_dir", str(tmp_path / layout), "--train_subsample", "400", *bench.COMMON, *overrides])
-        assert data_args.layout == layout.split("_accumulated")[0]
+        per_step = []
+        for processes in (1, 2):  # `--processes 2`: the same examples per optimizer step over two processes
+            arm = bench.per_process(overrides, processes)
+            data_args, training_args, _ = load_recipe(REPO / "recipes/qwen2.5-coder-0.5b/sft/meld_packed.yaml", [
+                "--output_dir", str(tmp_path / layout), "--train_subsample", "400", *bench.COMMON, *arm])
+            assert layout.startswith(data_args.layout)
+            per_step.append(processes * training_args.per_device_train_batch_size
+                            * training_args.gradient_accumulation_steps)
+        assert per_step[0] == per_step[1]
