@@ -289,6 +289,14 @@ def test_rows_recorded_without_predictions_keep_their_recorded_delta_and_say_aga
     rows = json.loads((spec.output_dir / "ablation.json").read_text())["rows"]
     assert not rows[1]["carried"]["reference_reproduced"] and rows[1]["carried"]["reference_weighted_f1"] == 0.5
     assert "| +history † |" in table and "the earlier `context` run (test W-F1 50.0)" in table
+    carried_twice = tmp_path / "carried_twice.json"  # that table, recorded in turn: the rows keep their reference
+    carried_twice.write_text((spec.output_dir / "ablation.json").read_text())
+    spec = load_spec(write_spec(tmp_path / "spec.yaml", recorded=str(carried_twice)), validate=False)
+    table = run_ablation(spec, table_only=True).read_text()
+    rows = json.loads((spec.output_dir / "ablation.json").read_text())["rows"]
+    assert not rows[1]["carried"]["reference_reproduced"] and rows[1]["carried"]["reference_weighted_f1"] == 0.5
+    assert "the earlier `context` run (test W-F1 50.0)" in table and "reproduced exactly" not in table
+    spec = load_spec(write_spec(tmp_path / "spec.yaml", recorded=str(recorded)), validate=False)
     recorded.write_text(json.dumps({"common": {"max_steps": 9}, "rows": [reference, old_history]}))
     run_ablation(spec, table_only=True)  # recorded with other common settings: another experiment, not carried
     assert json.loads((spec.output_dir / "ablation.json").read_text())["not_run"] == ["+history"]

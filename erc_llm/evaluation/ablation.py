@@ -159,8 +159,9 @@ def carried_rows(spec: Any, results: Sequence[Mapping[str, Any]], table: Mapping
                  rows: Sequence[str]) -> list[dict[str, Any]]:
     """Rows of an earlier table recorded without test predictions (so they cannot be compared again), kept with
     the delta as recorded: against the reference run of that table. Only rows whose overrides and common settings
-    are today's; each carried result says in `carried` which reference its delta is against, and whether this
-    table's reference reproduced that one's test scores exactly."""
+    are today's; each carried result says in `carried` which reference its delta is against (for a row the earlier
+    table carried already, the reference of the table it was measured in), and whether this table's reference
+    reproduced that one's test scores exactly."""
     recorded = {r.get("row"): r for r in table.get("rows", [])}
     fresh = next((r for r in results if r["row"] == spec.reference), None)
     old = recorded.get(spec.reference)
@@ -172,10 +173,13 @@ def carried_rows(spec: Any, results: Sequence[Mapping[str, Any]], table: Mapping
         result = recorded.get(row)
         if result is None or result.get("test_predictions") or result.get("overrides") != spec.rows[row]:
             continue
+        # a row carried once already keeps the reference its delta was measured against
+        before = result.get("carried") or {"reference_weighted_f1": old.get("weighted_f1"), "reference_reproduced": True}
         carried.append({**result, "carried": {
-            "reference_weighted_f1": old.get("weighted_f1"), "reference_reproduced": reproduced,
+            "reference_weighted_f1": before["reference_weighted_f1"],
+            "reference_reproduced": bool(before["reference_reproduced"]) and reproduced,
             "why": "recorded without test predictions: its delta is as recorded, against the reference run of "
-                   "the table it comes from"}})
+                   "the table it was measured in"}})
     return carried
 
 
