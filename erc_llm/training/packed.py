@@ -239,15 +239,16 @@ def show_inline_labels(batch: dict[str, torch.Tensor], shown: Sequence[str | Non
     for restart in new_restarts:
         p = 0 if restart else p + 1
         positions.append(p)
+    device = batch["input_ids"].device
     return {
         **batch,
-        "input_ids": torch.tensor([new_ids], dtype=torch.long),
-        "position_ids": torch.tensor([positions], dtype=torch.long),
-        "target_rows": torch.zeros(len(out["cols"]), dtype=torch.long),
-        "target_cols": torch.tensor(out["cols"], dtype=torch.long),
-        "target_ids": torch.tensor(out["ids"], dtype=torch.long),
-        "target_weights": torch.tensor(out["weights"], dtype=torch.float32),
-        "target_first": torch.tensor(out["first"], dtype=torch.bool),
+        "input_ids": torch.tensor([new_ids], dtype=torch.long, device=device),
+        "position_ids": torch.tensor([positions], dtype=torch.long, device=device),
+        "target_rows": torch.zeros(len(out["cols"]), dtype=torch.long, device=device),
+        "target_cols": torch.tensor(out["cols"], dtype=torch.long, device=device),
+        "target_ids": torch.tensor(out["ids"], dtype=torch.long, device=device),
+        "target_weights": torch.tensor(out["weights"], dtype=torch.float32, device=device),
+        "target_first": torch.tensor(out["first"], dtype=torch.bool, device=device),
     }
 
 

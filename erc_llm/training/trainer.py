@@ -18,7 +18,8 @@ answer is the label the model gives that line from the gold-inline context befor
 Where it differs from gold, with probability p it replaces the inline label that later lines see
 (`erc_llm.training.packed.show_inline_labels`) and only the gold first token is trained there; then the usual
 loss. T above counts the step's answer tokens before replacement. The share of wrong predictions is logged as
-`inline_self_wrong` (a teacher-forced training error rate).
+`inline_self_wrong` (a teacher-forced training error rate); run_summary.json keeps the main process's counts
+(`inline_self_predicted`: answers, wrong, shown).
 
 Evaluation. `evaluate()` labels the dev dialogues with `erc_llm.labelling.loop.label_split` (the labelling
 package's driver, either prompt layout; constrained label scoring, history from the model's own predictions) and
