@@ -194,13 +194,14 @@ def answer_spans(batch: dict[str, torch.Tensor], answer: LabelTokens) -> list[tu
     return spans
 
 
-def show_inline_labels(batch: dict[str, torch.Tensor], shown: Sequence[str | None], answer: LabelTokens
-                       ) -> dict[str, torch.Tensor]:
+def show_inline_labels(batch: dict[str, torch.Tensor], shown: Sequence[str | None], answer: LabelTokens,
+                       spans: list[tuple[int, int, str]] | None = None) -> dict[str, torch.Tensor]:
     """The padding-free packed batch (gold inline labels) with answer k's inline label replaced by `shown[k]`
     (None: kept). A replaced answer trains only the gold label's first token, predicted from the same context
     (as with `label_noise` and `inline_labels`, so the result equals the batch `build_packed_train_dataset` makes
-    with those labels inline); later tokens move and positions restart per sequence as before."""
-    spans = answer_spans(batch, answer)
+    with those labels inline); later tokens move and positions restart per sequence as before. `spans`: the
+    batch's `answer_spans`, when the caller has them already."""
+    spans = answer_spans(batch, answer) if spans is None else spans
     if len(shown) != len(spans):
         raise ValueError(f"{len(shown)} inline labels for {len(spans)} answers")
     ids = batch["input_ids"][0].tolist()

@@ -141,6 +141,9 @@ def build_trainer(
     if training_args.label_loss == "label_set" and not answer.first_token_unique:
         raise SFTConfigError("label_loss: label_set needs labels whose first tokens differ for this tokenizer "
                              f"({builder.label_set.labels}); use label_loss: vocabulary")
+    if training_args.packed_inline_self_predictions and not answer.first_token_unique:
+        raise SFTConfigError("packed_inline_self_predictions needs labels whose first tokens differ for this "
+                             f"tokenizer ({builder.label_set.labels}): one pass reads each line's label from them")
     if builder.config.layout == "packed":
         dataset, weights, info = packed_train_data(builder, splits, tokenizer, answer, training_args, train_size, seed)
     else:

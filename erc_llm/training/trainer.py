@@ -115,8 +115,6 @@ class ERCSFTTrainer(SFTTrainer):
                  label_first_ids: Sequence[int] | None = None, answer: LabelTokens | None = None,
                  inline_self_predictions: float = 0.0, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        if inline_self_predictions and (answer is None or not answer.first_token_unique):
-            raise ValueError("packed_inline_self_predictions needs labels whose first tokens differ")
         self.answer = answer
         self.inline_self_predictions = inline_self_predictions
         self.inline_counts = {"answers": 0, "wrong": 0, "shown": 0}  # since the last log
@@ -164,7 +162,8 @@ class ERCSFTTrainer(SFTTrainer):
     def self_predicted_inline(self, model, inputs):
         """The batch with the model's own wrong predictions shown inline at a share p of the answers."""
         predicted = predict_answers(self.accelerator.unwrap_model(model), inputs, self.answer)
-        gold = [label for _, _, label in answer_spans(inputs, self.answer)]
+        spans = answer_spans(inputs, self.answer)
+        gold = [label for _, _, label in spans]
         step, call = self._inline_calls
         self._inline_calls = (self.state.global_step, call + 1 if step == self.state.global_step else 0)
         rng = random.Random(f"{self.args.seed}:{self._inline_calls}")
@@ -174,7 +173,7 @@ class ERCSFTTrainer(SFTTrainer):
             counts["answers"] += len(gold)
             counts["wrong"] += sum(p != g for p, g in zip(predicted, gold))
             counts["shown"] += sum(s is not None for s in shown)
-        return show_inline_labels(inputs, shown, self.answer) if any(shown) else inputs
+        return show_inline_labels(inputs, shown, self.answer, spans) if any(shown) else inputs
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         if self.inline_counts["answers"] and "loss" in logs:
