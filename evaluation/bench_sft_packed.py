@@ -11,7 +11,10 @@ history, sqrt-inverse class weights, LoRA on the top layers, bf16 frozen base, n
   accumulation steps (the loss is the mean over the step's answer tokens either way, see `ERCSFTTrainer`), so no
   attention work is spent across dialogues;
 * packed_self_predictions: packed_accumulated with `--packed_inline_self_predictions 1` (one more forward pass per
-  micro-batch, without gradients, for the model's own inline labels).
+  micro-batch, without gradients, for the model's own inline labels);
+* packed_transcript, packed_transcript_self_predictions: the same two with the transcript template
+  (erc_packed_transcript.j2: the lines as one assistant transcript, each followed by its label, and a shorter
+  header; ~26 tokens per line instead of ~43).
 
 `--processes N` runs every arm as N torchrun processes (gloo, one thread each, `--threads` ignored) with the same
 examples per optimizer step: the per-process batch, or else the accumulation steps, divided by N.
@@ -62,6 +65,9 @@ LAYOUTS = {
                            "--batching", "padding_free", "--max_length", "1536"],
 }
 LAYOUTS["packed_self_predictions"] = [*LAYOUTS["packed_accumulated"], "--packed_inline_self_predictions", "1"]
+LAYOUTS["packed_transcript"] = [("erc_packed_transcript.j2" if v == "erc_packed.j2" else v)
+                                for v in LAYOUTS["packed_accumulated"]]
+LAYOUTS["packed_transcript_self_predictions"] = [*LAYOUTS["packed_transcript"], "--packed_inline_self_predictions", "1"]
 
 
 def per_process(overrides: list[str], processes: int) -> list[str]:
@@ -144,6 +150,9 @@ def main() -> None:
     results["speedup_packed_accumulated"] = round(results["packed_accumulated"]["utterances_per_second"] / base, 2)
     results["self_predictions_cost"] = round(results["packed_accumulated"]["utterances_per_second"]
                                              / results["packed_self_predictions"]["utterances_per_second"], 2)
+    results["speedup_packed_transcript"] = round(results["packed_transcript"]["utterances_per_second"] / base, 2)
+    results["speedup_packed_transcript_self_predictions"] = round(
+        results["packed_transcript_self_predictions"]["utterances_per_second"] / base, 2)
     results["meta"] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "model": args.model,
         "threads": 1 if args.processes > 1 else args.threads, "processes": args.processes,
@@ -154,7 +163,9 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(f"packed / per-utterance: {speedup:.2f}x; packed, one dialogue per micro-batch / per-utterance: "
           f"{results['speedup_packed_accumulated']:.2f}x; self-predicted inline labels cost "
-          f"{results['self_predictions_cost']:.2f}x  -> {args.out}")
+          f"{results['self_predictions_cost']:.2f}x; transcript template, one dialogue per micro-batch: "
+          f"{results['speedup_packed_transcript']:.2f}x (with self-predicted inline labels "
+          f"{results['speedup_packed_transcript_self_predictions']:.2f}x)  -> {args.out}")
     print(f"rerun: {results['meta']['command']}")
 
 

@@ -211,6 +211,36 @@ def test_gpu_recipes_as_written_parse_with_sdpa_ddp_flag_and_merge() -> None:
         assert training_args.batching == "padding_free" and training_args.gradient_checkpointing
 
 
+@pytest.mark.parametrize("family", ["tiny_qwen2", "tiny_llama3"])
+def test_transcript_template_tokenises_as_a_prefix_with_the_3b_tokenizers(family: str, request, data_dir: Path) -> None:
+    """The packed transcript template with the Qwen2.5 and Llama-3 tokenizers and chat templates: each line's
+    labelling prompt is a prefix of the training sequence and of the next line's prompt, and a label after the
+    transcript's newline is the same tokens as the label as a whole reply (checked by packing: it raises otherwise)."""
+    from transformers import AutoTokenizer
+
+    from erc_llm.data import load_split
+    from erc_llm.prompting import PromptConfig
+    from erc_llm.prompting.answer import label_tokens
+    from erc_llm.prompting.dataset import build_prompt_builder
+    from erc_llm.prompting.packed import packed_messages
+    from erc_llm.prompting.templates import chat_prompt_ids
+    from erc_llm.training.packed import build_packed_train_dataset
+
+    tokenizer = AutoTokenizer.from_pretrained(request.getfixturevalue(family))
+    builder = build_prompt_builder(PromptConfig(template="erc_packed_transcript.j2", layout="packed"), "meld", data_dir)
+    train = load_split("meld", "train", data_dir).dialogues[:80]
+    answer = label_tokens(tokenizer, builder.label_set.labels)
+    _, stats = build_packed_train_dataset(train, builder, tokenizer, answer, {}, 2048)
+    assert stats.targets == sum(len(d) for d in train) and stats.tokens_per_target < 30
+    dialogue = max(train, key=len)
+    labels = [u.label for u in dialogue]
+    previous: list[int] = []
+    for i in range(len(dialogue)):
+        ids = chat_prompt_ids(tokenizer, packed_messages(builder, dialogue, 0, i + 1, labels[:i], None))
+        assert ids[: len(previous)] == previous and len(ids) > len(previous)
+        previous = ids
+
+
 def test_flash_attention_without_the_package_is_refused_at_parse_time() -> None:
     from erc_llm.training.config import SFTConfigError
 

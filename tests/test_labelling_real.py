@@ -83,6 +83,36 @@ def test_killed_run_resumes_without_loss_or_duplicates(smoke_adapter, data_dir, 
         assert by_key[(row["dialogue_id"], row["utterance_index"])].pred == row["pred"]
 
 
+@pytest.mark.vllm
+@pytest.mark.parametrize("template", ["erc_packed.j2", "erc_packed_transcript.j2"])
+def test_vllm_packed_labelling_gives_the_transformers_scores(template, data_dir, tmp_path):
+    """Packed labelling through vLLM (chats, or a transcript turn sent as token ids) and through transformers:
+    wherever the two runs have predicted the same earlier labels (so the prompt is the same), the per-label
+    probabilities agree within bf16 (vLLM) vs fp32 (transformers) rounding."""
+    runs = {}
+    for backend in ("vllm", "hf"):
+        out = tmp_path / backend
+        result = subprocess.run(
+            label_cmd("--backend", backend, "--model", "HuggingFaceTB/SmolLM2-135M-Instruct", "--corpus", "meld",
+                      "--split", "test", "--max_dialogues", "4", "--layout", "packed", "--template", template,
+                      "--output_dir", str(out)),
+            env=run_env(data_dir), capture_output=True, text=True, timeout=900,
+        )
+        assert result.returncode == 0, result.stderr[-4000:]
+        runs[backend] = read_predictions(out)
+    vllm, hf = runs["vllm"], runs["hf"]
+    assert [r.key for r in vllm] == [r.key for r in hf] == expected_keys(data_dir, 4)
+    same_prompt, diverged = [], set()
+    for a, b in zip(vllm, hf):  # records in dialogue order: a line's prompt shows the run's earlier predictions
+        if a.dialogue_id not in diverged:
+            same_prompt.append((a, b))
+        if a.pred != b.pred:
+            diverged.add(a.dialogue_id)
+    assert len(same_prompt) >= len(hf) // 2
+    for a, b in same_prompt:
+        assert max(abs(a.scores[k] - b.scores[k]) for k in MELD_LABELS.labels) < 0.05, (a.key, a.scores, b.scores)
+
+
 def _free_port() -> int:
     import socket
 
@@ -133,6 +163,20 @@ def test_label_through_a_local_vllm_server(smoke_adapter, data_dir, tmp_path):
         records = read_predictions(out)
         assert [r.key for r in records] == expected_keys(data_dir, 4)
         assert all(r.pred in MELD_LABELS.labels for r in records)
+        # the packed transcript template: prompts end inside an open assistant turn, sent as token ids to
+        # /v1/completions (a chat request would re-render the turn)
+        transcript = tmp_path / "endpoint-transcript"
+        result = subprocess.run(
+            label_cmd("--backend", "endpoint", "--endpoint", f"http://127.0.0.1:{port}", "--served_model_name", "erc",
+                      "--adapter", str(smoke_adapter), "--prompt_from_adapter", "false", "--layout", "packed",
+                      "--template", "erc_packed_transcript.j2", "--corpus", "meld", "--split", "test",
+                      "--max_dialogues", "2", "--output_dir", str(transcript)),
+            env=run_env(data_dir), capture_output=True, text=True, timeout=900,
+        )
+        assert result.returncode == 0, result.stderr[-4000:]
+        records = read_predictions(transcript)
+        assert [r.key for r in records] == expected_keys(data_dir, 2)
+        assert all(r.pred in MELD_LABELS.labels and r.scores[r.pred] > 0 for r in records)
     finally:
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGTERM)

@@ -1,5 +1,7 @@
 """The dialogue-packed layout: prefix property, training targets, leak guard, and (real SmolLM2) that packed
-training logits equal single-prefix logits and that cached step-by-step labelling equals stateless labelling."""
+training logits equal single-prefix logits and that cached step-by-step labelling equals stateless labelling.
+Tests taking `meld_packed` run with both packed templates: one chat turn per line (erc_packed.j2) and all lines in
+one transcript turn (erc_packed_transcript.j2)."""
 
 from __future__ import annotations
 
@@ -15,12 +17,13 @@ from erc_llm.labelling.scorers import HFPackedScorer
 from erc_llm.prompting import PromptConfig
 from erc_llm.prompting.answer import label_tokens
 from erc_llm.prompting.dataset import build_prompt_builder
-from erc_llm.prompting.packed import packed_messages, scene_history
+from erc_llm.prompting.packed import packed_messages, scene_history, transcript_turns
 from erc_llm.prompting.templates import chat_ids, chat_prompt_ids
 from erc_llm.training.data import IGNORE_INDEX, class_weights
 from erc_llm.training.packed import build_packed_train_dataset, load_inline_predictions
 
 PACKED = PromptConfig(template="erc_packed.j2", layout="packed", use_history=True, history_window=3)
+TEMPLATES = ("erc_packed.j2", "erc_packed_transcript.j2")
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +41,28 @@ def smollm2():
 def meld(data_dir):
     builder = build_prompt_builder(PACKED, "meld", data_dir)
     return builder, load_split("meld", "train", data_dir).dialogues, load_split("meld", "test", data_dir).dialogues
+
+
+@pytest.fixture(scope="module", params=TEMPLATES)
+def meld_packed(request, data_dir):
+    config = dataclasses.replace(PACKED, template=request.param)
+    builder = build_prompt_builder(config, "meld", data_dir)
+    return builder, load_split("meld", "train", data_dir).dialogues, load_split("meld", "test", data_dir).dialogues
+
+
+def after_answer(builder, tokenizer, answer) -> int:
+    """The token that follows a label: the end of the assistant turn, or a transcript's newline."""
+    if transcript_turns(builder):
+        return tokenizer("\n", add_special_tokens=False)["input_ids"][0]
+    return answer.end_ids[0]
+
+
+def shown_labels(prompt) -> list[str]:
+    """The inline labels a packed prompt shows (assistant turns, or a transcript's label lines)."""
+    last = prompt[-1]
+    if "continued" in last:
+        return last["content"].rstrip("\n").split("\n")[1::2]
+    return [m["content"] for m in prompt if m["role"] == "assistant"]
 
 
 class ConstantScorer:
@@ -58,8 +83,8 @@ def test_config_refuses_what_packing_cannot_show():
         PromptConfig(layout="packed", future_window=1)
 
 
-def test_prompt_of_line_i_is_a_prefix_of_line_i_plus_1(meld, smollm2):
-    builder, train, _ = meld
+def test_prompt_of_line_i_is_a_prefix_of_line_i_plus_1(meld_packed, smollm2):
+    builder, train, _ = meld_packed
     _, tokenizer = smollm2
     dialogue = max(train[:40], key=len)
     labels = [u.label for u in dialogue]
@@ -70,8 +95,8 @@ def test_prompt_of_line_i_is_a_prefix_of_line_i_plus_1(meld, smollm2):
         previous = ids
 
 
-def test_training_targets_are_every_label_with_class_weights(meld, smollm2):
-    builder, train, _ = meld
+def test_training_targets_are_every_label_with_class_weights(meld_packed, smollm2):
+    builder, train, _ = meld_packed
     _, tokenizer = smollm2
     answer = label_tokens(tokenizer, builder.label_set.labels)
     dialogues = train[:12]
@@ -81,13 +106,14 @@ def test_training_targets_are_every_label_with_class_weights(meld, smollm2):
     assert stats.sequences == len(dialogues) and stats.targets == sum(len(d) for d in dialogues)
     for row, dialogue in zip(data, dialogues):
         targets = [(t, w) for t, w in zip(row["labels"], row["label_weights"]) if t != IGNORE_INDEX]
-        expected = [(tok, weights[u.label]) for u in dialogue for tok in (*answer.ids[u.label], answer.end_ids[0])]
+        end = after_answer(builder, tokenizer, answer)
+        expected = [(tok, weights[u.label]) for u in dialogue for tok in (*answer.ids[u.label], end)]
         assert [t for t, _ in targets] == [t for t, _ in expected]
         assert [w for _, w in targets] == pytest.approx([w for _, w in expected])
 
 
-def test_noised_inline_labels_still_target_gold(meld, smollm2):
-    builder, train, _ = meld
+def test_noised_inline_labels_still_target_gold(meld_packed, smollm2):
+    builder, train, _ = meld_packed
     _, tokenizer = smollm2
     answer = label_tokens(tokenizer, builder.label_set.labels)
     dialogues = train[:30]
@@ -98,24 +124,25 @@ def test_noised_inline_labels_still_target_gold(meld, smollm2):
     for row, dialogue in zip(data, dialogues):
         gold_firsts = [answer.ids[u.label][0] for u in dialogue]
         trained_firsts = [t for i, t in enumerate(row["labels"]) if t in firsts and
-                          (i == 0 or row["labels"][i - 1] in (IGNORE_INDEX, answer.end_ids[0]))]
+                          (i == 0 or row["labels"][i - 1] in (IGNORE_INDEX, after_answer(builder, tokenizer, answer)))]
         assert trained_firsts == gold_firsts
 
 
-def test_chunks_repeat_the_header_and_keep_every_target(meld, smollm2):
-    builder, train, _ = meld
+def test_chunks_repeat_the_header_and_keep_every_target(meld_packed, smollm2):
+    builder, train, _ = meld_packed
     _, tokenizer = smollm2
     answer = label_tokens(tokenizer, builder.label_set.labels)
     dialogue = max(train, key=len)
     data, stats = build_packed_train_dataset([dialogue], builder, tokenizer, answer, {}, 400, history=None)
     assert stats.sequences > 1 and stats.chunked_dialogues == 1 and stats.targets == len(dialogue)
     assert all(n <= 400 for n in data["length"])
-    assert all("Emotion labels:" in tokenizer.decode(ids) for ids in data["input_ids"])
+    header = "Labels:" if transcript_turns(builder) else "Emotion labels:"
+    assert all(header in tokenizer.decode(ids) for ids in data["input_ids"])
 
 
-def test_gold_test_labels_never_reach_packed_labelling_prompts(meld):
+def test_gold_test_labels_never_reach_packed_labelling_prompts(meld_packed):
     """Test labels replaced by sentinels: no prompt (header history or inline label) may contain one."""
-    builder, _, test = meld
+    builder, _, test = meld_packed
     marked = [dataclasses.replace(d, utterances=[dataclasses.replace(u, label=f"GOLD{i}")
                                                  for i, u in enumerate(d.utterances)]) for d in test[:25]]
     scorer = ConstantScorer("joy", builder.label_set.labels)
@@ -124,12 +151,14 @@ def test_gold_test_labels_never_reach_packed_labelling_prompts(meld):
     text = "\n".join(m["content"] for prompt in scorer.seen for m in prompt)
     assert "GOLD" not in text
     # history from the model's own earlier predictions only: every shown emotion is the constant answer
-    assert "most recent emotions before this scene, oldest first: joy" in text.lower()
-    assert all(m["content"] == "joy" for prompt in scorer.seen for m in prompt if m["role"] == "assistant")
+    seen_history = "(earlier: joy" if transcript_turns(builder) else "most recent emotions before this scene, oldest first: joy"
+    assert seen_history in text.lower()
+    inline = [label for prompt in scorer.seen for label in shown_labels(prompt)]
+    assert inline and set(inline) == {"joy"}
 
 
-def test_resumed_packed_labelling_builds_the_same_prompts(meld):
-    builder, _, test = meld
+def test_resumed_packed_labelling_builds_the_same_prompts(meld_packed):
+    builder, _, test = meld_packed
     dialogues = test[:6]
     full = ConstantScorer("anger", builder.label_set.labels)
     first = label_dialogues_packed(dialogues, builder, full, progress=False)
@@ -141,10 +170,10 @@ def test_resumed_packed_labelling_builds_the_same_prompts(meld):
 
 
 @pytest.mark.slow
-def test_packed_logits_equal_single_prefix_logits(meld, smollm2):
+def test_packed_logits_equal_single_prefix_logits(meld_packed, smollm2):
     """One forward pass over a packed training sequence gives, at every label position, the logits of the
     corresponding labelling prompt run alone (fp32, atol 1e-4)."""
-    builder, train, _ = meld
+    builder, train, _ = meld_packed
     model, tokenizer = smollm2
     dialogue = train[5]
     labels = [u.label for u in dialogue]
@@ -161,9 +190,9 @@ def test_packed_logits_equal_single_prefix_logits(meld, smollm2):
 
 
 @pytest.mark.slow
-def test_cached_step_labelling_equals_stateless_labelling(meld, smollm2):
+def test_cached_step_labelling_equals_stateless_labelling(meld_packed, smollm2):
     """HFPackedScorer with kept KV caches labels real dialogues exactly like scoring every prompt from scratch."""
-    builder, _, test = meld
+    builder, _, test = meld_packed
     model, tokenizer = smollm2
     dialogues = test[:3]
     cached = HFPackedScorer(model, tokenizer, builder.label_set.labels)
@@ -259,9 +288,10 @@ def test_sharded_chained_labelling_equals_one_process(meld, layout):
 
 @pytest.mark.slow
 def test_packed_sft_recipe_runs_end_to_end(tmp_path, data_dir):
-    """recipes/sft.py in the packed layout with corpus history, the label-set loss and self-predicted inline labels:
-    trains on packed dialogues, selects on dev by packed labelling, labels test, and records the layout, loss and
-    in-step predictions in the run summary."""
+    """recipes/sft.py in the packed layout (transcript template; the chat template's whole run is
+    tests/test_staged.py's) with corpus history, the label-set loss and self-predicted inline labels: trains on
+    packed dialogues, selects on dev by packed labelling, labels test, and records the layout, loss and in-step
+    predictions in the run summary."""
     import json
     import os
     import subprocess
@@ -272,8 +302,8 @@ def test_packed_sft_recipe_runs_end_to_end(tmp_path, data_dir):
     out = tmp_path / "packed"
     cmd = [sys.executable, str(repo / "recipes" / "sft.py"), "--config",
            str(repo / "recipes" / "smollm2-135m" / "sft" / "smoke.yaml"), "--output_dir", str(out),
-           "--layout", "packed", "--template", "erc_packed.j2", "--use_history", "true", "--batching", "padding_free",
-           "--per_device_train_batch_size", "2", "--train_subsample", "40", "--test_split", "test",
+           "--layout", "packed", "--template", "erc_packed_transcript.j2", "--use_history", "true",
+           "--batching", "padding_free", "--per_device_train_batch_size", "2", "--train_subsample", "40", "--test_split", "test",
            "--test_subsample", "20", "--label_loss", "label_set",
            "--packed_inline_self_predictions", "1"]
     env = {**os.environ, "ERC_LLM_DATA_DIR": str(data_dir), "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
@@ -371,12 +401,12 @@ def _collated(data) -> dict:
     return LabelOnlyCollator(pad_token_id=0, padding_free=True)([dict(row) for row in data])
 
 
-def test_inline_labels_shown_in_a_step_equal_packing_with_those_labels(meld, smollm2):
+def test_inline_labels_shown_in_a_step_equal_packing_with_those_labels(meld_packed, smollm2):
     """`show_inline_labels` on a collated gold batch gives exactly the batch that packing with those labels inline
     makes (tokens, restarting positions, target positions, gold targets, class weights)."""
     from erc_llm.training.packed import answer_spans, show_inline_labels
 
-    builder, train, _ = meld
+    builder, train, _ = meld_packed
     _, tokenizer = smollm2
     answer = label_tokens(tokenizer, builder.label_set.labels)
     labels = list(builder.label_set.labels)
@@ -402,12 +432,12 @@ def test_inline_labels_shown_in_a_step_equal_packing_with_those_labels(meld, smo
         answer_spans(want, answer)  # a batch that already shows other labels cannot be told apart from gold
 
 
-def test_step_predictions_are_what_packed_labelling_answers_given_gold_inline_labels(meld, smollm2):
+def test_step_predictions_are_what_packed_labelling_answers_given_gold_inline_labels(meld_packed, smollm2):
     """The trainer's in-step predictions (one pass over a flat batch of several dialogues) are, answer for answer,
     the labels the packed labeller's scorer gives each line with gold labels inline before it."""
     from erc_llm.training.trainer import predict_answers
 
-    builder, train, _ = meld
+    builder, train, _ = meld_packed
     model, tokenizer = smollm2
     answer = label_tokens(tokenizer, builder.label_set.labels)
     dialogues = [d for d in train[:20] if 3 <= len(d) <= 8][:3]

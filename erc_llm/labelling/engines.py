@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 from erc_llm.paths import cache_root
 from erc_llm.prompting.answer import LabelTokens, label_tokens
-from erc_llm.prompting.templates import chat_template_kwargs
+from erc_llm.prompting.templates import chat_ids, chat_template_kwargs, is_continued
 
 Messages = list[dict[str, str]]
 
@@ -175,8 +175,7 @@ class VLLMEngine:
         """Per-label probabilities for each prompt (the decoded label has the highest)."""
         if self.tokens is None:
             raise RuntimeError("this VLLMEngine was built without labels (generation only); it cannot score")
-        outputs = self.llm.chat(list(prompts), self._label_params(), use_tqdm=False, lora_request=self.lora_request,
-                                chat_template_kwargs=chat_template_kwargs())
+        outputs = self._run(prompts, self._label_params())
         by_first_id = dict(zip(self.tokens.first_ids, self.labels))
         results = []
         for output in outputs:
@@ -198,9 +197,18 @@ class VLLMEngine:
         from vllm import SamplingParams
 
         params = SamplingParams(temperature=temperature, max_tokens=max_tokens, repetition_penalty=repetition_penalty)
-        outputs = self.llm.chat(list(prompts), params, use_tqdm=False, lora_request=self.lora_request,
-                                chat_template_kwargs=chat_template_kwargs())
+        outputs = self._run(prompts, params)
         return [o.outputs[0].text.strip() for o in outputs]
+
+    def _run(self, prompts: Sequence[Messages], params):
+        """vLLM outputs in prompt order: chats through `LLM.chat`; prompts that end in an open transcript turn
+        (the packed transcript template) as their token ids, built exactly as training built them."""
+        if not any(is_continued(m) for m in prompts):
+            return self.llm.chat(list(prompts), params, use_tqdm=False, lora_request=self.lora_request,
+                                 chat_template_kwargs=chat_template_kwargs())
+        tokenizer = self.llm.get_tokenizer()
+        token_prompts = [{"prompt_token_ids": chat_ids(tokenizer, m, add_generation_prompt=True)} for m in prompts]
+        return self.llm.generate(token_prompts, params, use_tqdm=False, lora_request=self.lora_request)
 
 
 # ---- OpenAI-compatible endpoint (vllm serve) ------------------------------------------------------------
@@ -216,19 +224,20 @@ class EndpointEngine:
         self.concurrency = concurrency
         self.tokens: LabelTokens | None = None
         self.first_token_text: dict[str, str] = {}
+        self.tokenizer = None
         if tokenizer:
             from transformers import AutoTokenizer
 
             from erc_llm.offline_models import resolve_model
 
-            hf_tokenizer = AutoTokenizer.from_pretrained(resolve_model(tokenizer))
+            hf_tokenizer = self.tokenizer = AutoTokenizer.from_pretrained(resolve_model(tokenizer))
             self.tokens = label_tokens(hf_tokenizer, self.labels)
             self.first_token_text = {label: hf_tokenizer.decode([ids[0]]) for label, ids in self.tokens.ids.items()}
 
-    def _post(self, body: dict) -> dict:
-        """POST a JSON body to /v1/chat/completions with a clear error on failure."""
+    def _post(self, body: dict, path: str = "/v1/chat/completions") -> dict:
+        """POST a JSON body to the server (chat completions by default) with a clear error on failure."""
         request = urllib.request.Request(
-            f"{self.endpoint}/v1/chat/completions", data=json.dumps(body).encode(),
+            f"{self.endpoint}{path}", data=json.dumps(body).encode(),
             headers={"Content-Type": "application/json"},
         )
         try:
@@ -240,20 +249,31 @@ class EndpointEngine:
             raise RuntimeError(f"cannot reach {self.endpoint}: {exc.reason}") from None
 
     def _one(self, messages: Messages) -> dict[str, float]:
-        """Label one prompt."""
-        body = {"model": self.model, "messages": messages, "temperature": 0.0, "max_tokens": 8,
-                "structured_outputs": {"choice": list(self.labels)}, "logprobs": True, "top_logprobs": 20,
-                "chat_template_kwargs": chat_template_kwargs()}
-        reply = self._post(body)["choices"][0]
-        chosen = reply["message"]["content"].strip()
+        """Label one prompt: a chat through chat completions; a prompt ending in an open transcript turn as its
+        token ids through completions (a chat request would re-render, and strip, the open turn)."""
+        common = {"model": self.model, "temperature": 0.0, "max_tokens": 8,
+                  "structured_outputs": {"choice": list(self.labels)}}
+        if is_continued(messages):
+            if self.tokenizer is None:
+                raise ValueError("a transcript prompt is sent as token ids: the endpoint engine needs the tokenizer")
+            ids = chat_ids(self.tokenizer, messages, add_generation_prompt=True)
+            reply = self._post({**common, "prompt": ids, "logprobs": 20}, "/v1/completions")["choices"][0]
+            chosen = reply["text"].strip()
+            tops = (reply.get("logprobs") or {}).get("top_logprobs") or []
+            by_text = dict(tops[0]) if tops else {}
+        else:
+            body = {**common, "messages": messages, "logprobs": True, "top_logprobs": 20,
+                    "chat_template_kwargs": chat_template_kwargs()}
+            reply = self._post(body)["choices"][0]
+            chosen = reply["message"]["content"].strip()
+            top = (reply.get("logprobs") or {}).get("content") or []
+            by_text = {item["token"]: item["logprob"] for item in top[0].get("top_logprobs", [])} if top else {}
         if chosen not in self.labels:
             raise RuntimeError(f"endpoint answered {chosen!r}, not a label (is structured output supported?)")
         if self.tokens is None:
             return {label: float(label == chosen) for label in self.labels}
-        top = (reply.get("logprobs") or {}).get("content") or []
         first: dict[int, float] = {}
-        if top:
-            by_text = {item["token"]: item["logprob"] for item in top[0].get("top_logprobs", [])}
+        if by_text:
             for label, ids in self.tokens.ids.items():
                 if self.first_token_text[label] in by_text:
                     first[ids[0]] = by_text[self.first_token_text[label]]

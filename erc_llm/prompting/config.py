@@ -20,8 +20,10 @@ class PromptConfig:
     layout: str = field(
         default="per_utterance",
         metadata={"help": "'per_utterance': one prompt per target line (context window, demonstrations); 'packed': "
-                          "one chat per dialogue, each line a user turn answered by its label, so the prompt of line i "
-                          "is a prefix of line i+1's (template erc_packed.j2; erc_llm.prompting.packed)."},
+                          "one chat per dialogue, so the prompt of line i is a prefix of line i+1's: each line a user "
+                          "turn answered by its label (template erc_packed.j2), or the lines as one assistant "
+                          "transcript, each followed by its label (erc_packed_transcript.j2, ~40% fewer tokens per "
+                          "line); erc_llm.prompting.packed."},
     )
     past_window: int = field(default=8, metadata={"help": "Earlier utterances of the dialogue shown as context."})
     future_window: int = field(

@@ -7,6 +7,15 @@
     user    | line 2
     assistant | label of line 2 ...
 
+A template with a `transcript_line` block instead of `line` (erc_packed_transcript.j2) writes the lines into one
+assistant turn instead: the scene as a transcript, each line followed on the next line by its label. The prompt
+for line i is that open turn up to line i and a newline (`erc_llm.prompting.templates.open_turn`); a line costs its
+words plus a few tokens, not a pair of chat turns.
+
+    system    | the instruction
+    user      | header
+    assistant | line 1 \n label 1 \n line 2 \n label 2 \n ...
+
 Training renders a dialogue with its gold labels inline (chunks with the header repeated when it exceeds
 `max_length`) and scores every label position in one forward pass. Labelling asks for line i's label with the
 chat up to line i, whose earlier labels are the model's own predictions (never gold: `packed_messages` takes the
@@ -26,8 +35,10 @@ from dataclasses import dataclass
 from erc_llm.data.schema import Dialogue, Utterance
 from erc_llm.prompting.builder import PromptBuilder
 from erc_llm.prompting.history import EmotionHistory, chronological_keys, history_key
+from erc_llm.prompting.templates import open_turn
 
-PACKED_BLOCKS = ("system", "user", "line")
+PACKED_BLOCKS = ("system", "user")
+LINE_BLOCKS = ("line", "transcript_line")  # one chat turn per line, or all lines in one transcript turn
 
 
 @dataclass(frozen=True)
@@ -41,12 +52,20 @@ class SceneSpeaker:
 
 def check_packed_template(builder: PromptBuilder) -> None:
     """Refuse a template without the packed layout's blocks."""
-    missing = [b for b in PACKED_BLOCKS if b not in builder.template.blocks]
-    if missing:
+    blocks = builder.template.blocks
+    missing = [b for b in PACKED_BLOCKS if b not in blocks]
+    lines = [b for b in LINE_BLOCKS if b in blocks]
+    if missing or len(lines) != 1:
+        why = f"lacks {missing}" if missing else (f"has both {LINE_BLOCKS}" if lines else f"has none of {LINE_BLOCKS}")
         raise ValueError(
-            f"layout 'packed' needs a template with blocks {list(PACKED_BLOCKS)}; {builder.config.template!r} lacks "
-            f"{missing} (use template: erc_packed.j2)"
+            f"layout 'packed' needs a template with blocks {list(PACKED_BLOCKS)} and one of {list(LINE_BLOCKS)}; "
+            f"{builder.config.template!r} {why} (use template: erc_packed.j2 or erc_packed_transcript.j2)"
         )
+
+
+def transcript_turns(builder: PromptBuilder) -> bool:
+    """Whether the template writes the lines as one assistant transcript (block `transcript_line`)."""
+    return "transcript_line" in builder.template.blocks
 
 
 def scene_speakers(builder: PromptBuilder, dialogue: Dialogue) -> list[SceneSpeaker]:
@@ -91,8 +110,9 @@ def header_messages(builder: PromptBuilder, dialogue: Dialogue, history: Mapping
 
 
 def line_text(builder: PromptBuilder, utt: Utterance) -> str:
-    """One transcript line as its user turn."""
-    return _render(builder, "line", {"line": builder._line(utt)})
+    """One transcript line: its user turn, or its line of the transcript turn."""
+    block = "transcript_line" if transcript_turns(builder) else "line"
+    return _render(builder, block, {"line": builder._line(utt)})
 
 
 def packed_messages(builder: PromptBuilder, dialogue: Dialogue, start: int, end: int, labels: Sequence[str],
@@ -100,11 +120,17 @@ def packed_messages(builder: PromptBuilder, dialogue: Dialogue, start: int, end:
                     ) -> list[dict[str, str]]:
     """The chat of lines [start, end): each line a user turn, each of `labels` (one per line, in order) the
     assistant's answer. With len(labels) == end - start - 1 the chat ends on the last line's user turn (the
-    labelling prompt of line end-1); with len(labels) == end - start it is a finished training chunk."""
+    labelling prompt of line end-1); with len(labels) == end - start it is a finished training chunk. With
+    transcript turns the lines and labels are one open assistant turn after the header."""
     if not (end - start - 1 <= len(labels) <= end - start):
         raise ValueError(f"{len(labels)} labels for lines [{start}, {end})")
     system, head = header or header_messages(builder, dialogue, history)
     messages = [{"role": "system", "content": system}] if system else []
+    if transcript_turns(builder):
+        lines = dialogue.utterances[start:end]
+        body = "".join(f"{line_text(builder, utt)}\n" + (f"{labels[k]}\n" if k < len(labels) else "")
+                       for k, utt in enumerate(lines))
+        return [*messages, {"role": "user", "content": head}, open_turn(body)]
     for offset, utt in enumerate(dialogue.utterances[start:end]):
         text = line_text(builder, utt)
         messages.append({"role": "user", "content": f"{head}\n\n{text}" if offset == 0 else text})

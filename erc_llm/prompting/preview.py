@@ -32,6 +32,10 @@ STATS_PRESETS: dict[str, dict[str, Any]] = {
     "packed": {**_OFF, "layout": "packed", "template": "erc_packed.j2"},
     "packed+history": {**_OFF, "use_history": True, "layout": "packed", "template": "erc_packed.j2"},
     "packed+biography": {**_OFF, "use_biography": True, "layout": "packed", "template": "erc_packed.j2"},
+    # the same with the lines as one transcript turn (no chat turns per line)
+    "packed_transcript": {**_OFF, "layout": "packed", "template": "erc_packed_transcript.j2"},
+    "packed_transcript+history": {**_OFF, "use_history": True, "layout": "packed",
+                                  "template": "erc_packed_transcript.j2"},
 }
 
 
@@ -127,9 +131,12 @@ def find_dialogue(dialogues: Sequence[Dialogue], dialogue_id: str) -> Dialogue:
 
 
 def render_chat(messages: list[dict[str, str]], tokenizer: Any, add_generation_prompt: bool = True) -> str:
-    """The prompt as the model sees it: the tokenizer's chat template (with the generation prompt)."""
-    from erc_llm.prompting.templates import apply_chat_template
+    """The prompt as the model sees it: the tokenizer's chat template (with the generation prompt; a prompt ending
+    in an open transcript turn ends inside it)."""
+    from erc_llm.prompting.templates import apply_chat_template, chat_prompt_text, is_continued
 
+    if is_continued(messages):
+        return chat_prompt_text(tokenizer, messages)
     return apply_chat_template(tokenizer, messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
@@ -173,6 +180,7 @@ def packed_chat(builder: PromptBuilder, dialogues: Sequence[Dialogue], dialogue:
 def packed_token_lengths(builder: PromptBuilder, dialogues: Sequence[Dialogue], tokenizer: Any) -> tuple[list[int], list[int]]:
     """(tokens each line adds to its dialogue's packed chat, whole-dialogue chat lengths); history shows no labels."""
     from erc_llm.prompting.packed import packed_messages, scene_history
+    from erc_llm.prompting.templates import chat_ids
 
     per_line, per_dialogue = [], []
     for dialogue in dialogues:
@@ -180,9 +188,8 @@ def packed_token_lengths(builder: PromptBuilder, dialogues: Sequence[Dialogue], 
             continue
         history = scene_history(builder, dialogue, None, ())
         labels = [builder.label_set.labels[0]] * len(dialogue)
-        text = render_chat(packed_messages(builder, dialogue, 0, len(dialogue), labels, history), tokenizer,
-                           add_generation_prompt=False)
-        n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        n = len(chat_ids(tokenizer, packed_messages(builder, dialogue, 0, len(dialogue), labels, history),
+                         add_generation_prompt=False))
         per_dialogue.append(n)
         per_line.extend([n / len(dialogue)] * len(dialogue))
     return per_line, per_dialogue

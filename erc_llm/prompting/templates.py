@@ -87,8 +87,30 @@ def apply_chat_template(tokenizer, messages: list[dict[str, str]], **kwargs):
     return tokenizer.apply_chat_template(messages, **{**chat_template_kwargs(), **kwargs})
 
 
+# An open assistant turn: a prompt whose last message carries this key continues that message's text (the
+# packed layout's transcript turns) instead of ending on the generation prompt. Its text is tokenised on its own
+# after the generation prompt (transformers' `continue_final_message` would strip the final newline a label
+# follows); each prompt ends at a newline, so a shorter transcript's ids are a prefix of a longer one's (checked
+# whenever training sequences are built, `erc_llm.training.packed`).
+CONTINUED = "continued"
+
+
+def open_turn(text: str) -> dict[str, str]:
+    """The assistant turn a transcript prompt continues."""
+    return {"role": "assistant", "content": text, CONTINUED: "yes"}
+
+
+def is_continued(messages: list[dict[str, str]]) -> bool:
+    """Whether the prompt ends in an open assistant turn (`open_turn`)."""
+    return bool(messages) and CONTINUED in messages[-1]
+
+
 def chat_ids(tokenizer, messages: list[dict[str, str]], add_generation_prompt: bool) -> list[int]:
-    """Token ids of a chat-templated conversation (plain list, whatever the tokenizer returns)."""
+    """Token ids of a chat-templated conversation (plain list, whatever the tokenizer returns). A conversation
+    ending in an open turn is the chat before it with the generation prompt, then the turn's text."""
+    if is_continued(messages):
+        head = chat_ids(tokenizer, messages[:-1], add_generation_prompt=True)
+        return head + list(tokenizer(messages[-1]["content"], add_special_tokens=False)["input_ids"])
     out = apply_chat_template(tokenizer, messages, tokenize=True, add_generation_prompt=add_generation_prompt)
     if hasattr(out, "keys") and "input_ids" in out:
         out = out["input_ids"]
@@ -98,3 +120,10 @@ def chat_ids(tokenizer, messages: list[dict[str, str]], add_generation_prompt: b
 def chat_prompt_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
     """Token ids of the chat-templated prompt, ending with the assistant generation prompt."""
     return chat_ids(tokenizer, messages, add_generation_prompt=True)
+
+
+def chat_prompt_text(tokenizer, messages: list[dict[str, str]]) -> str:
+    """Text of the chat-templated prompt (ending on the generation prompt, or inside an open turn)."""
+    if is_continued(messages):
+        return chat_prompt_text(tokenizer, messages[:-1]) + messages[-1]["content"]
+    return apply_chat_template(tokenizer, messages, tokenize=False, add_generation_prompt=True)

@@ -1,8 +1,9 @@
 """Training sequences of the dialogue-packed layout: one sequence per dialogue (or chunk), a label loss at every line.
 
 Each dialogue is rendered by `erc_llm.prompting.packed.packed_messages` with its labels inline and tokenised with
-the model's chat template. For every line the label's tokens (and the end-of-turn token when `with_end`) are
-targets, each weighted by its gold class's weight; everything else is -100. A dialogue longer than `max_length`
+the model's chat template. Each label sits where its line's labelling prompt ends (checked: that prompt's ids are a
+prefix of the sequence), in either kind of packed template. For every line the label's tokens (and the token after
+them when `with_end`: the end of turn, or a transcript's newline) are targets, each weighted by its gold class's weight; everything else is -100. A dialogue longer than `max_length`
 is cut into chunks of whole lines, each starting with the header again.
 
 Exposure bias. At test time the inline labels are the model's own predictions, in training they are gold. With
@@ -32,7 +33,13 @@ from erc_llm.data.schema import Dialogue
 from erc_llm.prompting.answer import LabelTokens
 from erc_llm.prompting.builder import PromptBuilder
 from erc_llm.prompting.history import EmotionHistory
-from erc_llm.prompting.packed import dialogue_start_keys, header_messages, packed_messages, scene_history
+from erc_llm.prompting.packed import (
+    check_packed_template,
+    dialogue_start_keys,
+    header_messages,
+    packed_messages,
+    scene_history,
+)
 from erc_llm.prompting.templates import chat_ids
 from erc_llm.training.data import IGNORE_INDEX
 
@@ -55,13 +62,12 @@ class PackedStats:
         return self.mean_length * self.sequences / max(1, self.targets)
 
 
-def _answer_positions(tokenizer, messages: list[dict[str, str]], full: list[int]) -> list[int]:
-    """Token offset of each assistant answer in `full` (the prompt ids up to it are a prefix of `full`)."""
+def _answer_positions(tokenizer, prompts: Sequence[list[dict[str, str]]], full: list[int]) -> list[int]:
+    """Token offset of each answer in `full`: the length of its line's labelling prompt, whose ids must be a prefix
+    of `full`."""
     positions = []
-    for i, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
-        prompt = chat_ids(tokenizer, messages[:i], add_generation_prompt=True)
+    for messages in prompts:
+        prompt = chat_ids(tokenizer, messages, add_generation_prompt=True)
         if full[: len(prompt)] != prompt:
             raise ValueError(
                 "the chat template does not render a conversation as a prefix of its continuation; the packed "
@@ -71,21 +77,30 @@ def _answer_positions(tokenizer, messages: list[dict[str, str]], full: list[int]
     return positions
 
 
+def line_prompts(builder: PromptBuilder, dialogue: Dialogue, start: int, end: int, shown: Sequence[str],
+                 head: tuple[str, str]) -> list[list[dict[str, str]]]:
+    """The labelling prompt of each line of [start, end) with `shown` (one per line) as the earlier inline labels."""
+    return [packed_messages(builder, dialogue, start, i + 1, shown[: i - start], None, header=head)
+            for i in range(start, end)]
+
+
 def tokenise_chunk(
-    tokenizer, messages: list[dict[str, str]], gold: Sequence[str], shown: Sequence[str], answer: LabelTokens,
-    weights: dict[str, float], with_end: bool,
+    tokenizer, messages: list[dict[str, str]], prompts: Sequence[list[dict[str, str]]], gold: Sequence[str],
+    shown: Sequence[str], answer: LabelTokens, weights: dict[str, float], with_end: bool,
 ) -> tuple[list[int], list[int], list[float]]:
-    """(input_ids, labels, label_weights) of one finished chunk; `shown` are the inline labels, `gold` the targets."""
+    """(input_ids, labels, label_weights) of one finished chunk `messages` whose lines' labelling prompts are
+    `prompts`; `shown` are the inline labels, `gold` the targets. With `with_end` the token after a gold answer
+    (the end of turn, or a transcript's newline) is a target too."""
     full = chat_ids(tokenizer, messages, add_generation_prompt=False)
     labels = [IGNORE_INDEX] * len(full)
     label_weights = [0.0] * len(full)
-    for at, target, inline in zip(_answer_positions(tokenizer, messages, full), gold, shown):
+    for at, target, inline in zip(_answer_positions(tokenizer, prompts, full), gold, shown):
         ids = list(answer.ids[inline])
         if full[at: at + len(ids)] != ids:
             raise ValueError(f"label {inline!r} is not tokenised as {ids} inside the packed chat")
         weight = float(weights.get(target, 1.0))
         if inline == target:
-            tail = list(answer.end_ids[:1]) if with_end else []
+            tail = full[at + len(ids): at + len(ids) + 1] if with_end else []
             for k, token in enumerate(ids + tail):
                 labels[at + k] = token
                 label_weights[at + k] = weight
@@ -119,6 +134,7 @@ def build_packed_train_dataset(
     `history` is a gold-label tracker over the training split (`builder.gold_history`) when history is on.
     `inline_labels` (dialogue id -> one label per line) replaces the gold labels shown inline, before any noise.
     """
+    check_packed_template(builder)
     rng = random.Random(seed)
     prior = [u.label for d in dialogues for u in d if u.label is not None]
     starts = dialogue_start_keys(dialogues)
@@ -145,7 +161,8 @@ def build_packed_train_dataset(
                         noised += 1
         head = header_messages(builder, dialogue, scene_history(builder, dialogue, history, starts[dialogue.id]))
         whole = packed_messages(builder, dialogue, 0, len(dialogue), shown, None, header=head)
-        ids, labels, label_weights = tokenise_chunk(tokenizer, whole, gold, shown, answer, weights, with_end)
+        prompts = line_prompts(builder, dialogue, 0, len(dialogue), shown, head)
+        ids, labels, label_weights = tokenise_chunk(tokenizer, whole, prompts, gold, shown, answer, weights, with_end)
         pieces = [(ids, labels, label_weights, len(gold))]
         if max_length is not None and len(ids) > max_length:
             chunked += 1
@@ -155,8 +172,9 @@ def build_packed_train_dataset(
             pieces = []
             for lo, hi in _chunks(per_line, header_len, max_length):
                 messages = packed_messages(builder, dialogue, lo, hi, shown[lo:hi], None, header=head)
-                c_ids, c_labels, c_weights = tokenise_chunk(tokenizer, messages, gold[lo:hi], shown[lo:hi], answer,
-                                                            weights, with_end)
+                c_ids, c_labels, c_weights = tokenise_chunk(
+                    tokenizer, messages, line_prompts(builder, dialogue, lo, hi, shown[lo:hi], head), gold[lo:hi],
+                    shown[lo:hi], answer, weights, with_end)
                 if len(c_ids) > max_length:
                     raise ValueError(f"{dialogue.id}: line(s) {lo + 1}-{hi} do not fit max_length {max_length} "
                                      f"with the header ({len(c_ids)} tokens); raise max_length")
