@@ -101,3 +101,24 @@ def test_recipes_report_wrong_input_in_one_line(case, bad):
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert len(errors) == 1 and expected in errors[0], result.stderr[-2000:]
+
+
+def test_every_help_text_renders() -> None:
+    """`--help` of every verb and recipe prints (argparse formats help strings with %: a bare one is a traceback)."""
+    import argparse
+
+    from trl import TrlParser
+
+    from erc_llm.baseline.config import CONFIG_CLASSES
+    from erc_llm.cli import build_parser
+    from erc_llm.labelling.config import LabelConfig
+    from erc_llm.training.config import sft_parser
+
+    parsers = [sft_parser(), TrlParser((LabelConfig,)), TrlParser(CONFIG_CLASSES), build_parser()]
+    verbs = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    for action in verbs:
+        for sub in action.choices.values():
+            parsers.append(sub)
+            parsers += [s for a in sub._actions if isinstance(a, argparse._SubParsersAction) for s in a.choices.values()]
+    for parser in parsers:
+        assert parser.format_help().strip(), parser.prog

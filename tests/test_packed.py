@@ -320,9 +320,10 @@ def test_packed_sft_recipe_runs_end_to_end(tmp_path, data_dir):
 
 @pytest.mark.slow
 def test_batch_of_dialogues_and_accumulated_single_dialogues_take_the_same_step(tmp_path, data_dir):
-    """One optimizer step over 4 packed dialogues: batch 4 in one flat sequence, or batch 1 with 4 accumulation
-    steps (each dialogue alone, no cross-dialogue attention work), gives the same LoRA update: the loss is the mean
-    over the step's answer tokens either way."""
+    """One optimizer step over 4 packed dialogues: batch 4 in one flat sequence, batch 1 with 4 accumulation
+    steps (each dialogue alone, no cross-dialogue attention work), or batch 4 as one padded length-grouped batch
+    (attention mask), gives the same LoRA update: the loss is the mean over the step's answer
+    tokens either way."""
     import os
     import subprocess
     import sys
@@ -334,11 +335,12 @@ def test_batch_of_dialogues_and_accumulated_single_dialogues_take_the_same_step(
     repo = Path(__file__).resolve().parents[1]
     env = {**os.environ, "ERC_LLM_DATA_DIR": str(data_dir), "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     adapters = []
-    for name, batch, accumulation in (("flat4", 4, 1), ("acc1x4", 1, 4)):
+    arms = {"flat4": (4, 1, "padding_free"), "acc1x4": (1, 4, "padding_free"), "grouped4": (4, 1, "length_grouped")}
+    for name, (batch, accumulation, batching) in arms.items():
         out = tmp_path / name
         cmd = [sys.executable, str(repo / "recipes" / "sft.py"), "--config",
                str(repo / "recipes" / "smollm2-135m" / "sft" / "smoke.yaml"), "--output_dir", str(out),
-               "--layout", "packed", "--template", "erc_packed.j2", "--batching", "padding_free", "--max_steps", "1",
+               "--layout", "packed", "--template", "erc_packed.j2", "--batching", batching, "--max_steps", "1",
                "--per_device_train_batch_size", str(batch), "--gradient_accumulation_steps", str(accumulation),
                "--train_subsample", "30", "--eval_strategy", "no", "--save_strategy", "no",
                "--load_best_model_at_end", "false", "--dtype", "float32", "--bf16", "false",
@@ -346,14 +348,15 @@ def test_batch_of_dialogues_and_accumulated_single_dialogues_take_the_same_step(
         result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
         assert result.returncode == 0, result.stderr[-3000:]
         adapters.append(load_file(str(out / "adapter_model.safetensors")))
-    flat, accumulated = adapters
-    assert flat.keys() == accumulated.keys()
+    flat = adapters[0]
     moved = [key for key in flat if "lora_B" in key]  # B starts at zero: after one step it is -lr * gradient
     assert moved and all(float(flat[key].abs().max()) > 0 for key in moved)
-    for key in moved:  # the same update up to float32 summation order (without the step-wide mean: ~100% apart)
-        diff, size = float((flat[key] - accumulated[key]).abs().max()), float(flat[key].abs().max())
-        assert diff <= 1e-3 * size, (key, diff, size)
-    assert all(torch.equal(flat[key], accumulated[key]) for key in flat if key not in moved)  # A: zero gradient while B = 0
+    for other in adapters[1:]:
+        assert flat.keys() == other.keys()
+        for key in moved:  # the same update up to float32 summation order (without the step-wide mean: ~100% apart)
+            diff, size = float((flat[key] - other[key]).abs().max()), float(flat[key].abs().max())
+            assert diff <= 1e-3 * size, (key, diff, size)
+        assert all(torch.equal(flat[key], other[key]) for key in flat if key not in moved)  # A: no gradient while B = 0
 
 
 def test_inline_predictions_are_shown_and_gold_is_still_the_target(meld, smollm2, tmp_path):

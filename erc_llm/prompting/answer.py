@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from erc_llm.prompting.templates import apply_chat_template
+from erc_llm.prompting.templates import chat_ids
 
 _PROBE = [{"role": "user", "content": "Which emotion?"}]
 
@@ -31,21 +31,13 @@ class LabelTokens:
         return [self.ids[label][0] for label in self.labels]
 
 
-def _chat_ids(tokenizer, messages: list[dict], add_generation_prompt: bool) -> list[int]:
-    """Token ids of a rendered chat (plain list, whatever the tokenizer returns)."""
-    out = apply_chat_template(tokenizer, messages, tokenize=True, add_generation_prompt=add_generation_prompt)
-    if hasattr(out, "keys") and "input_ids" in out:
-        out = out["input_ids"]
-    return list(out)
-
-
 def label_tokens(tokenizer, labels: Sequence[str]) -> LabelTokens:
     """Tokenise each label as the assistant's reply in the model's chat template; refuse collisions."""
-    prompt = _chat_ids(tokenizer, _PROBE, add_generation_prompt=True)
+    prompt = chat_ids(tokenizer, _PROBE, add_generation_prompt=True)
     ids: dict[str, tuple[int, ...]] = {}
     end_ids: tuple[int, ...] | None = None
     for label in labels:
-        full = _chat_ids(tokenizer, [*_PROBE, {"role": "assistant", "content": label}], add_generation_prompt=False)
+        full = chat_ids(tokenizer, [*_PROBE, {"role": "assistant", "content": label}], add_generation_prompt=False)
         if full[: len(prompt)] != prompt:
             raise ValueError("chat template renders the generation prompt differently from a finished turn")
         reply = full[len(prompt):]

@@ -22,8 +22,8 @@ class PromptConfig:
         metadata={"help": "'per_utterance': one prompt per target line (context window, demonstrations); 'packed': "
                           "one chat per dialogue, so the prompt of line i is a prefix of line i+1's: each line a user "
                           "turn answered by its label (template erc_packed.j2), or the lines as one assistant "
-                          "transcript, each followed by its label (erc_packed_transcript.j2, ~40% fewer tokens per "
-                          "line); erc_llm.prompting.packed."},
+                          "transcript, each followed by its label (erc_packed_transcript.j2, ~40 per cent fewer "
+                          "tokens per line); erc_llm.prompting.packed."},
     )
     past_window: int = field(default=8, metadata={"help": "Earlier utterances of the dialogue shown as context."})
     future_window: int = field(

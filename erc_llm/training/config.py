@@ -107,7 +107,7 @@ class ERCSFTConfig(SFTConfig):
     # ---- overridden defaults (CPU-friendly; GPU recipes set their own) ----------------------------------
     learning_rate: float = field(default=2e-4, metadata={"help": "Initial AdamW learning rate (LoRA scale)."})
     gradient_checkpointing: bool = field(
-        default=False, metadata={"help": "Recompute activations in backward (saves memory, costs ~30% speed)."}
+        default=False, metadata={"help": "Recompute activations in backward (saves memory, costs ~30 per cent of the speed)."}
     )
     max_length: int | None = field(
         default=1024,
