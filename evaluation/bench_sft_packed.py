@@ -58,10 +58,12 @@ COMMON = [
 ]
 LAYOUTS = {
     "per_utterance": ["--layout", "per_utterance", "--template", "erc_instruct.j2", "--past_window", "2",
-                      "--max_line_chars", "100", "--per_device_train_batch_size", "8", "--batching", "length_grouped",
+                      "--max_line_chars", "100", "--per_device_train_batch_size", "8",
+                      "--gradient_accumulation_steps", "1", "--batching", "length_grouped",
                       "--max_length", "768", "--train_subsample_strategy", "stratified"],
     "packed": ["--layout", "packed", "--template", "erc_packed.j2", "--max_line_chars", "200",
-               "--per_device_train_batch_size", "4", "--batching", "padding_free", "--max_length", "1536"],
+               "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1", "--batching", "padding_free",
+               "--max_length", "1536"],
     "packed_accumulated": ["--layout", "packed", "--template", "erc_packed.j2", "--max_line_chars", "200",
                            "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "4",
                            "--batching", "padding_free", "--max_length", "1536"],
@@ -72,7 +74,8 @@ LAYOUTS["packed_transcript"] = [("erc_packed_transcript.j2" if v == "erc_packed.
 LAYOUTS["packed_transcript_self_predictions"] = [*LAYOUTS["packed_transcript"], "--packed_inline_self_predictions", "1"]
 LAYOUTS["packed_transcript_grouped"] = ["--layout", "packed", "--template", "erc_packed_transcript.j2",
                                         "--max_line_chars", "200", "--per_device_train_batch_size", "4",
-                                        "--batching", "length_grouped", "--max_length", "1536"]
+                                        "--gradient_accumulation_steps", "1", "--batching", "length_grouped",
+                                        "--max_length", "1536"]
 
 
 def per_process(overrides: list[str], processes: int) -> list[str]:
