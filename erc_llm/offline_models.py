@@ -41,6 +41,8 @@ from erc_llm.paths import cache_root
 
 MARKER_NAME = "erc_llm_source.json"
 MARKER_FORMAT = 1
+# What a materialised folder must hold besides the marker (transformers may skip the weights: see _build_from_gguf).
+REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 _TRUE = {"1", "true", "yes", "on"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
@@ -307,10 +309,17 @@ def read_marker(path: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def _marker_matches(marker: dict | None, model: OfflineModel, source: Path) -> bool:
-    """Whether a marker says the folder was built from this package version and GGUF file."""
+def _complete(path: Path) -> bool:
+    """Whether a materialised folder holds the files a load needs (a marker alone is not enough: see REQUIRED_FILES)."""
+    return all((path / name).is_file() for name in REQUIRED_FILES)
+
+
+def _is_built_from(path: Path, model: OfflineModel, source: Path) -> bool:
+    """Whether a folder is complete and its marker says it was built from this package version and GGUF file."""
+    marker = read_marker(path)
     return (
         marker is not None
+        and _complete(path)
         and marker.get("format") == MARKER_FORMAT
         and marker.get("hub_id") == model.hub_id
         and marker.get("package_version") == package_version(model)
@@ -328,13 +337,19 @@ def is_materialised(model: OfflineModel) -> bool:
         except ModelResolutionError:
             return False
     if model.kind == "gguf_parts":  # do not join (a minute of I/O) just to answer a status question
-        marker = read_marker(materialised_path(model))
-        return marker is not None and marker.get("source_sha256") == model.sha256 and marker.get("dtype") == model.dtype
+        path = materialised_path(model)
+        marker = read_marker(path)
+        return (
+            marker is not None
+            and _complete(path)
+            and marker.get("source_sha256") == model.sha256
+            and marker.get("dtype") == model.dtype
+        )
     try:
         source = _resource(model)
     except ModelResolutionError:
         return False
-    return _marker_matches(read_marker(materialised_path(model)), model, source)
+    return _is_built_from(materialised_path(model), model, source)
 
 
 def _sha256(path: Path) -> str:
@@ -397,8 +412,14 @@ def _build_from_gguf(model: OfflineModel, source: Path, out: Path, progress: boo
     lm.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=eos, pad_token_id=lm.config.pad_token_id
     )
+    # Once torch.distributed is initialised (a torchrun job), transformers writes weights and config on rank 0 only;
+    # this build is per machine, under a file lock, and whichever rank holds the lock must write everything.
+    lm.should_save_on_this_rank = lambda is_main_process: is_main_process
     lm.save_pretrained(str(out), safe_serialization=True)
     tokenizer.save_pretrained(str(out))
+    missing = [name for name in REQUIRED_FILES if not (out / name).is_file()]
+    if missing:
+        raise ModelResolutionError(f"building {model.hub_id} into {out} wrote no {', '.join(missing)}")
     _drop_load_time_keys(out / "tokenizer_config.json")
     for path in out.iterdir():  # some writers create 0600 files; a shared cache must stay readable
         path.chmod(0o644)
@@ -417,13 +438,13 @@ def materialise(name_or_model: str | OfflineModel, *, force: bool = False, progr
     if model.kind == "dir":
         return source
     target = materialised_path(model)
-    if not force and _marker_matches(read_marker(target), model, source):
+    if not force and _is_built_from(target, model, source):
         return target
     root = target.parent
     root.mkdir(parents=True, exist_ok=True)
     with file_lock(root / f".{model.dir_name}.lock"):
         # Another process may have finished it while we waited for the lock.
-        if not force and _marker_matches(read_marker(target), model, source):
+        if not force and _is_built_from(target, model, source):
             return target
         for stale in root.glob(f".{model.dir_name}.tmp-*"):  # leftovers of killed builds; we hold the lock
             shutil.rmtree(stale, ignore_errors=True)

@@ -109,8 +109,13 @@ def test_vllm_packed_labelling_gives_the_transformers_scores(template, data_dir,
         if a.pred != b.pred:
             diverged.add(a.dialogue_id)
     assert len(same_prompt) >= len(hf) // 2
-    for a, b in same_prompt:
-        assert max(abs(a.scores[k] - b.scores[k]) for k in MELD_LABELS.labels) < 0.05, (a.key, a.scores, b.scores)
+    # Tolerances from 89 same-prompt lines of the first 12 MELD test dialogues (chat turns, 2026-12-02): the largest
+    # per-label difference of a line was 0.015 at the median, 0.036 at p90, 0.060 at most, 0.017 on average (a bound
+    # of 0.05 failed CI once at 0.051). A wrong prompt or token mapping moves whole distributions, far beyond these.
+    gaps = [max(abs(a.scores[k] - b.scores[k]) for k in MELD_LABELS.labels) for a, b in same_prompt]
+    for (a, b), gap in zip(same_prompt, gaps):
+        assert gap < 0.10, (a.key, a.scores, b.scores)
+    assert sum(gaps) / len(gaps) < 0.03, gaps
 
 
 def _free_port() -> int:

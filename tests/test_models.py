@@ -178,12 +178,19 @@ def test_minilm_resolves_to_the_packaged_sentence_transformer(offline: Path) -> 
 
 
 _RACE_SCRIPT = """
-import json, sys, time
+import json, os, sys, time
+import torch.distributed as dist
 from erc_llm.offline_models import resolve_model
 if __name__ == "__main__":
+    dist.init_process_group("gloo")  # as in a torchrun training job, where transformers saves on rank 0 only
+    rank = dist.get_rank()
+    if rank == 0:
+        time.sleep(3)  # rank 1 takes the lock and builds
     started = time.monotonic()
-    path = resolve_model(sys.argv[1])
-    print(json.dumps({"path": path, "seconds": round(time.monotonic() - started, 1)}))
+    path = resolve_model(sys.argv[1 + rank])
+    print(json.dumps({"rank": rank, "path": path, "seconds": round(time.monotonic() - started, 1)}), flush=True)
+    dist.barrier()
+    dist.destroy_process_group()
 """
 
 
@@ -192,6 +199,7 @@ if __name__ == "__main__":
 def test_smollm2_materialises_once_atomically_under_concurrency(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, offline: Path
 ) -> None:
+    """Two torchrun ranks race for the model (two spellings of its name); rank 1 builds it, rank 0 waits and reuses it."""
     cache = tmp_path / "cache"
     monkeypatch.setenv("ERC_LLM_CACHE", str(cache))
     target = cache / "models" / "SmolLM2-135M-Instruct"
@@ -204,26 +212,19 @@ def test_smollm2_materialises_once_atomically_under_concurrency(
 
     script = tmp_path / "race.py"
     script.write_text(_RACE_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     started = time.monotonic()
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(script), name],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for name in (SMOL, "smollm2-135m")
-    ]
-    results = [p.communicate(timeout=900) for p in procs]
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(script), SMOL, "smollm2-135m"],
+        env=env, capture_output=True, text=True, timeout=900,
+    )
     elapsed = time.monotonic() - started
-    for p, (_out, err) in zip(procs, results):
-        assert p.returncode == 0, err[-3000:]
-    paths = {json.loads(out.strip().splitlines()[-1])["path"] for out, _ in results}
-    assert paths == {str(target)}
-    builds = sum(err.count("erc_llm: building") for _, err in results)
-    assert builds == 1, "exactly one process builds; the other waits on the lock and reuses it"
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reports = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert sorted(r["rank"] for r in reports) == [0, 1]
+    assert {r["path"] for r in reports} == {str(target)}
+    assert proc.stderr.count("erc_llm: building") == 1, "exactly one process builds; the other waits on the lock"
     print(f"\nmaterialised SmolLM2 (two racing processes) in {elapsed:.1f}s")
 
     # A finished, self-describing plain model folder; no temp dirs left behind.
@@ -252,6 +253,10 @@ def test_smollm2_materialises_once_atomically_under_concurrency(
     assert resolve_model("SMOLLM2-135M") == str(target)
     assert time.monotonic() - t0 < 1.0
     assert (target / "model.safetensors").stat().st_mtime_ns == mtime
+
+    # A marker beside missing weights (what the rank-0-only save left before the fix) is not a finished model.
+    (target / "model.safetensors").unlink()
+    assert not models.is_materialised(OFFLINE_MODELS[SMOL])
 
 
 @pytest.mark.slow
