@@ -15,6 +15,8 @@ history, sqrt-inverse class weights, LoRA on the top layers, bf16 frozen base, n
 * packed_transcript, packed_transcript_self_predictions: the same two with the transcript template
   (erc_packed_transcript.j2: the lines as one assistant transcript, each followed by its label, and a shorter
   header; ~26 tokens per line instead of ~43);
+* packed_transcript_unbalanced: packed_transcript without `balance_processes` (the plain seeded random order: the
+  processes' shares of a step are not evened out, so one waits for the other at every optimizer step);
 * packed_transcript_grouped: transcript turns, 4 dialogues of similar length per micro-batch as one padded batch
   (length-grouped sampling, attention mask, no attention across dialogues): fewer, wider matrix products.
 
@@ -34,6 +36,7 @@ run_summary.json). Writes evaluation/bench_sft_packed.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -71,6 +74,7 @@ LAYOUTS = {
 LAYOUTS["packed_self_predictions"] = [*LAYOUTS["packed_accumulated"], "--packed_inline_self_predictions", "1"]
 LAYOUTS["packed_transcript"] = [("erc_packed_transcript.j2" if v == "erc_packed.j2" else v)
                                 for v in LAYOUTS["packed_accumulated"]]
+LAYOUTS["packed_transcript_unbalanced"] = [*LAYOUTS["packed_transcript"], "--balance_processes", "false"]
 LAYOUTS["packed_transcript_self_predictions"] = [*LAYOUTS["packed_transcript"], "--packed_inline_self_predictions", "1"]
 LAYOUTS["packed_transcript_grouped"] = ["--layout", "packed", "--template", "erc_packed_transcript.j2",
                                         "--max_line_chars", "200", "--per_device_train_batch_size", "4",
@@ -93,6 +97,15 @@ def per_process(overrides: list[str], processes: int) -> list[str]:
     raise SystemExit(f"{processes} processes do not divide the arm's batch or accumulation steps: {overrides}")
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else the architecture."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="Qwen/Qwen2.5-Coder-0.5B-Instruct")
@@ -105,6 +118,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=1, help="run the arms this many times in turn; report medians")
     p.add_argument("--arms", nargs="+", default=list(LAYOUTS), choices=list(LAYOUTS),
                    help="run only these arms (a diagnosis; the JSON is written only when every arm ran)")
+    p.add_argument("--ddp_find_unused_parameters", choices=["recipe", "true", "false"], default="recipe",
+                   help="with --processes > 1: DDP's per-step search for parameters without gradients, for every arm "
+                        "('recipe': the base recipe's setting)")
     p.add_argument("--out", default=str(OUT))
     return p.parse_args()
 
@@ -119,6 +135,8 @@ def run(layout: str, args: argparse.Namespace, out_dir: Path) -> dict:
     cmd = [*launch, str(REPO / "recipes" / "sft.py"), "--config", args.base_config,
            "--model_name_or_path", args.model, "--output_dir", str(out_dir), "--train_subsample", str(args.utterances),
            *COMMON, *per_process(LAYOUTS[layout], args.processes)]
+    if args.processes > 1 and args.ddp_find_unused_parameters != "recipe":
+        cmd += ["--ddp_find_unused_parameters", args.ddp_find_unused_parameters]
     started = time.perf_counter()
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     if result.returncode != 0:
@@ -127,7 +145,8 @@ def run(layout: str, args: argparse.Namespace, out_dir: Path) -> dict:
     return {
         "utterances": summary["train_examples"], "seconds": summary["train_seconds"],
         "utterances_per_second": round(summary["train_examples"] / summary["train_seconds"], 3),
-        "steps": summary["train_steps"], "mean_tokens_per_utterance": summary.get("mean_tokens_per_example"),
+        "steps": summary["train_steps"], "ddp_find_unused_parameters": summary.get("ddp_find_unused_parameters"),
+        "mean_tokens_per_utterance": summary.get("mean_tokens_per_example"),
         "train_tokens_per_second": summary.get("train_tokens_per_second"),
         "process_wall_seconds": round(time.perf_counter() - started, 1), "command": shlex.join(cmd),
     }
@@ -144,39 +163,34 @@ def main() -> None:
                 print(f"{layout:>18} #{repeat + 1}: {r['utterances']} utterances in {r['seconds']} s = "
                       f"{r['utterances_per_second']} utt/s ({r['mean_tokens_per_utterance']} tokens per utterance)",
                       flush=True)
-    if set(args.arms) != set(LAYOUTS):
-        print(f"only {args.arms} ran: {args.out} not written (it needs every arm)")
+    if set(args.arms) != set(LAYOUTS) and args.out == str(OUT):
+        print(f"only {args.arms} ran: {args.out} not written (it needs every arm; give --out for a subset)")
         return
     results: dict = {}
-    for layout, done in runs.items():
-        ranked = sorted(done, key=lambda r: r["utterances_per_second"])
+    for layout in args.arms:
+        ranked = sorted(runs[layout], key=lambda r: r["utterances_per_second"])
         results[layout] = {**ranked[(len(ranked) - 1) // 2],
-                           "all_utterances_per_second": [r["utterances_per_second"] for r in done]}
-    base = results["per_utterance"]["utterances_per_second"]
-    speedup = results["packed"]["utterances_per_second"] / base
-    results["speedup"] = round(speedup, 2)
-    results["speedup_packed_accumulated"] = round(results["packed_accumulated"]["utterances_per_second"] / base, 2)
-    results["self_predictions_cost"] = round(results["packed_accumulated"]["utterances_per_second"]
-                                             / results["packed_self_predictions"]["utterances_per_second"], 2)
-    results["speedup_packed_transcript"] = round(results["packed_transcript"]["utterances_per_second"] / base, 2)
-    results["speedup_packed_transcript_self_predictions"] = round(
-        results["packed_transcript_self_predictions"]["utterances_per_second"] / base, 2)
-    results["speedup_packed_transcript_grouped"] = round(
-        results["packed_transcript_grouped"]["utterances_per_second"] / base, 2)
+                           "all_utterances_per_second": [r["utterances_per_second"] for r in runs[layout]]}
+    base = results["per_utterance"]["utterances_per_second"] if "per_utterance" in results else None
+    for layout in args.arms:
+        if base and layout != "per_utterance":
+            results[f"speedup_{layout}"] = round(results[layout]["utterances_per_second"] / base, 2)
+    if "packed" in results and base:
+        results["speedup"] = results.pop("speedup_packed")
+    if {"packed_accumulated", "packed_self_predictions"} <= set(results):
+        results["self_predictions_cost"] = round(results["packed_accumulated"]["utterances_per_second"]
+                                                 / results["packed_self_predictions"]["utterances_per_second"], 2)
     results["meta"] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "model": args.model,
         "threads": 1 if args.processes > 1 else args.threads, "processes": args.processes,
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        "machine": f"{cpu_model()}, {os.cpu_count()} cores",
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()], "repeats": args.repeats,
+        "ddp_find_unused_parameters": args.ddp_find_unused_parameters,
         "command": "python evaluation/bench_sft_packed.py " + shlex.join(sys.argv[1:]),
     }
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
-    print(f"packed / per-utterance: {speedup:.2f}x; packed, one dialogue per micro-batch / per-utterance: "
-          f"{results['speedup_packed_accumulated']:.2f}x; self-predicted inline labels cost "
-          f"{results['self_predictions_cost']:.2f}x; transcript template, one dialogue per micro-batch: "
-          f"{results['speedup_packed_transcript']:.2f}x (with self-predicted inline labels "
-          f"{results['speedup_packed_transcript_self_predictions']:.2f}x); transcript, 4 length-grouped "
-          f"dialogues per micro-batch: {results['speedup_packed_transcript_grouped']:.2f}x  -> {args.out}")
+    ratios = ", ".join(f"{k.removeprefix('speedup_')}: {v:.2f}x" for k, v in results.items() if k.startswith("speedup"))
+    print(f"vs per utterance ({base} utt/s): {ratios}  -> {args.out}")
     print(f"rerun: {results['meta']['command']}")
 
 

@@ -9,6 +9,7 @@ import dataclasses
 
 import pytest
 import torch
+from watched import free_port
 
 from erc_llm.data import load_split
 from erc_llm.evaluation import PredictionRecord, write_predictions
@@ -320,25 +321,33 @@ def test_packed_sft_recipe_runs_end_to_end(tmp_path, data_dir):
 
 @pytest.mark.slow
 def test_batch_of_dialogues_and_accumulated_single_dialogues_take_the_same_step(tmp_path, data_dir):
-    """One optimizer step over 4 packed dialogues: batch 4 in one flat sequence, batch 1 with 4 accumulation
+    """One optimizer step over the packed dialogues of a 30-line subsample (3): batch 4 in one flat sequence, batch
+    1 with 4 accumulation
     steps (each dialogue alone, no cross-dialogue attention work), or batch 4 as one padded length-grouped batch
-    (attention mask), gives the same LoRA update: the loss is the mean over the step's answer
-    tokens either way."""
+    (attention mask), or two processes with one dialogue per micro-batch in the process-balanced order (the step's
+    dialogues dealt out by length, DDP averaging), gives the same LoRA update: the loss is the mean over the step's
+    answer tokens either way."""
     import os
     import subprocess
     import sys
     from pathlib import Path
 
-    import torch
     from safetensors.torch import load_file
 
     repo = Path(__file__).resolve().parents[1]
     env = {**os.environ, "ERC_LLM_DATA_DIR": str(data_dir), "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     adapters = []
-    arms = {"flat4": (4, 1, "padding_free"), "acc1x4": (1, 4, "padding_free"), "grouped4": (4, 1, "length_grouped")}
-    for name, (batch, accumulation, batching) in arms.items():
+    # (per-process batch, accumulation, batching, processes). The subsample is 3 dialogues: the 4-dialogue arms
+    # take them all in one step; flat2 and the 2-process arm (one dialogue each, DDP) take the same first two.
+    arms = {"flat4": (4, 1, "padding_free", 1), "acc1x4": (1, 4, "padding_free", 1),
+            "grouped4": (4, 1, "length_grouped", 1), "flat2": (2, 1, "padding_free", 1),
+            "ddp2x1": (1, 1, "padding_free", 2)}
+    for name, (batch, accumulation, batching, processes) in arms.items():
         out = tmp_path / name
-        cmd = [sys.executable, str(repo / "recipes" / "sft.py"), "--config",
+        launch = [sys.executable] if processes == 1 else [
+            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+            "--master_port", str(free_port())]
+        cmd = [*launch, str(repo / "recipes" / "sft.py"), "--config",
                str(repo / "recipes" / "smollm2-135m" / "sft" / "smoke.yaml"), "--output_dir", str(out),
                "--layout", "packed", "--template", "erc_packed.j2", "--batching", batching, "--max_steps", "1",
                "--per_device_train_batch_size", str(batch), "--gradient_accumulation_steps", str(accumulation),
@@ -348,10 +357,15 @@ def test_batch_of_dialogues_and_accumulated_single_dialogues_take_the_same_step(
         result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
         assert result.returncode == 0, result.stderr[-3000:]
         adapters.append(load_file(str(out / "adapter_model.safetensors")))
-    flat = adapters[0]
+    for flat, *others in (adapters[:3], adapters[3:]):
+        assert_same_update(flat, others)
+
+
+def assert_same_update(flat: dict, others: list[dict]) -> None:
+    """Every adapter in `others` took the one-step update of `flat` (up to float32 summation order)."""
     moved = [key for key in flat if "lora_B" in key]  # B starts at zero: after one step it is -lr * gradient
     assert moved and all(float(flat[key].abs().max()) > 0 for key in moved)
-    for other in adapters[1:]:
+    for other in others:
         assert flat.keys() == other.keys()
         for key in moved:  # the same update up to float32 summation order (without the step-wide mean: ~100% apart)
             diff, size = float((flat[key] - other[key]).abs().max()), float(flat[key].abs().max())

@@ -152,6 +152,14 @@ class ERCSFTConfig(SFTConfig):
             "'length_grouped': padded batches of similar lengths; 'padded': plain padded batches."
         },
     )
+    balance_processes: bool = field(
+        default=True,
+        metadata={
+            "help": "With a random training order (not length_grouped): inside each optimizer step, give each "
+            "data-parallel process dialogues of near-equal total tokens (erc_llm.training.sampling). The same "
+            "dialogues share a step as in any random order, so training is unchanged; processes wait less."
+        },
+    )
     label_score_batch_size: int = field(
         default=32, metadata={"help": "Prompts per forward pass when scoring dev/test (left padding)."}
     )

@@ -5,7 +5,8 @@ for logits at those positions only (`logits_to_keep`), and
 
     loss = sum_t w_(y(t)) * CE_t / T
 
-over the T answer tokens of the optimizer step (all its gradient-accumulation micro-batches), where w is the
+over the T answer tokens of the optimizer step (all its gradient-accumulation micro-batches on all data-parallel
+processes; each process's loss is scaled by the process count, which DDP's gradient averaging undoes), where w is the
 class weight of the token's example (mean 1 over the training examples, see
 `erc_llm.training.data.class_weights`). Dividing by T rather than by sum(w) keeps the weights effective inside a
 batch whose examples all share one class; dividing by the step's T (not the micro-batch's) makes batch 4 and
@@ -48,6 +49,7 @@ from erc_llm.labelling.scorers import HFLabelScorer, HFPackedScorer
 from erc_llm.prompting.answer import LabelTokens
 from erc_llm.prompting.builder import PromptBuilder
 from erc_llm.training.packed import answer_spans, show_inline_labels
+from erc_llm.training.sampling import ProcessBalancedSampler
 
 _TARGET_KEYS = ("target_rows", "target_cols", "target_ids", "target_weights", "target_first")
 
@@ -136,11 +138,24 @@ class ERCSFTTrainer(SFTTrainer):
         if self._signature_columns is None:
             self._signature_columns = ["input_ids", "labels", "label_weights", "weight", "length"]
 
+    def _get_train_sampler(self, train_dataset=None):
+        """A random order split evenly over the processes in every step (`balance_processes`), else TRL's."""
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if not (self.args.balance_processes and self.args.train_sampling_strategy == "random"):
+            return super()._get_train_sampler(train_dataset)
+        return ProcessBalancedSampler(list(dataset["length"]), max(1, self.args.world_size),
+                                      self.args.per_device_train_batch_size, self.args.gradient_accumulation_steps,
+                                      self.args.data_seed if self.args.data_seed is not None else self.args.seed)
+
     # ---- loss -------------------------------------------------------------------------------------------
     def _get_num_items_in_batch(self, batch_samples: list, device) -> int:
-        """Answer tokens in this process's micro-batches of one optimizer step: the loss is their (weighted) mean
-        however the step is split, so batch 4 and batch 1 x 4 accumulation steps train the same objective."""
-        return sum(int(batch["target_ids"].numel()) for batch in batch_samples)
+        """Answer tokens in one optimizer step, over its micro-batches and (summed) over the data-parallel processes:
+        the loss is their (weighted) mean however the step is split, so batch 4, batch 1 x 4 accumulation steps and
+        2 processes x batch 1 x 2 accumulation steps train the same objective."""
+        count = sum(int(batch["target_ids"].numel()) for batch in batch_samples)
+        if self.args.world_size > 1:
+            count = int(self.accelerator.gather(torch.tensor([count], device=device)).sum())
+        return count
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         started = time.perf_counter()
@@ -153,6 +168,8 @@ class ERCSFTTrainer(SFTTrainer):
         token_loss = label_token_loss(logits, target_ids, first, self.label_first_ids)
         # T = the step's answer tokens over all accumulated micro-batches (Trainer passes num_items_in_batch)
         loss = (token_loss * weights).sum() / max(1, int(num_items_in_batch or target_ids.numel()))
+        if num_items_in_batch is not None and self.args.world_size > 1:
+            loss = loss * self.args.world_size  # DDP averages the processes' gradients; T above is their sum
         if model.training:
             mask = inputs.get("attention_mask")
             self.train_tokens += int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
