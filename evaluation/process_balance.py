@@ -1,0 +1,57 @@
+"""How long data-parallel processes wait for each other at optimizer steps: random order vs process-balanced order.
+
+For each corpus's training dialogues (length = characters of a packed dialogue: ~200 of header plus each line's
+text and ~20 of speaker and label, a proxy of its tokens), the share of process time spent idle at the end of
+each optimizer step, when every process computes its share of the step and then waits for the slowest:
+idle = sum over steps (world * max load - sum of loads) / (world * sum over steps of max load).
+Random order = accelerate's seeded random sampler (what the trainer used before `balance_processes`);
+balanced = `erc_llm.training.sampling.ProcessBalancedSampler` (same steps, dialogues dealt out by length).
+Measured speed: `evaluation/bench_sft_packed.py` (arms packed_transcript vs packed_transcript_unbalanced).
+
+    python evaluation/process_balance.py [--processes 2 --batch 1 --accumulation 2 --seeds 42 0 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from accelerate.data_loader import SeedableRandomSampler
+
+from erc_llm.data.corpora import load_split
+from erc_llm.training.sampling import ProcessBalancedSampler, process_loads
+
+
+def idle_share(loads: list[list[int]]) -> float:
+    waiting = sum(len(step) * max(step) - sum(step) for step in loads)
+    return waiting / (waiting + sum(sum(step) for step in loads))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--corpora", nargs="+", default=["meld", "emorynlp"])
+    p.add_argument("--processes", type=int, default=2)
+    p.add_argument("--batch", type=int, default=1, help="dialogues per micro-batch per process")
+    p.add_argument("--accumulation", type=int, default=2, help="micro-batches per optimizer step per process")
+    p.add_argument("--seeds", type=int, nargs="+", default=[42, 0, 1])
+    args = p.parse_args()
+    shape = (args.processes, args.batch, args.accumulation)
+    print(f"{args.processes} processes x {args.batch} dialogue(s) x {args.accumulation} micro-batches per step")
+    print("| corpus | dialogues | seed | idle, random order | idle, balanced order | speed-up if compute-bound |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for corpus in args.corpora:
+        dialogues = load_split(corpus, "train").dialogues
+        lengths = [200 + sum(len(u.text) + 20 for u in d.utterances) for d in dialogues]
+        for seed in args.seeds:
+            random_order = list(SeedableRandomSampler(range(len(lengths)), data_seed=seed))
+            balanced = ProcessBalancedSampler(lengths, *shape, seed=seed).order(0)
+            idle_random = idle_share(process_loads(random_order, lengths, *shape))
+            idle_balanced = idle_share(process_loads(balanced, lengths, *shape))
+            print(f"| {corpus} | {len(lengths)} | {seed} | {idle_random:.3f} | {idle_balanced:.3f} | "
+                  f"{(1 - idle_balanced) / (1 - idle_random):.2f}x |")
+    print("rerun: python evaluation/process_balance.py " + shlex.join(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()
