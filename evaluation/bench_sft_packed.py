@@ -117,7 +117,7 @@ def parse_args() -> argparse.Namespace:
                    help="torchrun processes per arm (one thread each); the same examples per optimizer step")
     p.add_argument("--repeats", type=int, default=1, help="run the arms this many times in turn; report medians")
     p.add_argument("--arms", nargs="+", default=list(LAYOUTS), choices=list(LAYOUTS),
-                   help="run only these arms (a diagnosis; the JSON is written only when every arm ran)")
+                   help="run only these arms (the default --out is written only when every arm ran; give --out for a subset)")
     p.add_argument("--ddp_find_unused_parameters", choices=["recipe", "true", "false"], default="recipe",
                    help="with --processes > 1: DDP's per-step search for parameters without gradients, for every arm "
                         "('recipe': the base recipe's setting)")

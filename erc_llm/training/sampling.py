@@ -21,8 +21,8 @@ import torch
 from torch.utils.data import Sampler
 
 
-def balanced_step(lengths: Sequence[int], step: Sequence[int], world_size: int, slots: int) -> list[int]:
-    """One full step's indices reordered so that each process gets `slots` of them with near-equal total length."""
+def balanced_step(lengths: Sequence[int], step: Sequence[int], world_size: int, slots: int) -> list[list[int]]:
+    """One full step's indices dealt out: `slots` per process, near-equal total length per process."""
     loads = [0] * world_size
     assigned: list[list[int]] = [[] for _ in range(world_size)]
     for index in sorted(step, key=lambda i: (-lengths[i], i)):
@@ -71,7 +71,8 @@ class ProcessBalancedSampler(Sampler[int]):
 
 def process_loads(order: Sequence[int], lengths: Sequence[int], world_size: int, per_device_batch: int,
                   accumulation: int) -> list[list[int]]:
-    """Tokens per process in each full optimizer step of `order`, as accelerate shards it (for tests and checks)."""
+    """Tokens per process in each full optimizer step of `order`, as accelerate shards it
+    (evaluation/process_balance.py; tests/test_sampling.py checks the order with accelerate's own sharding)."""
     size = per_device_batch * accumulation * world_size
     loads = []
     for start in range(0, len(order) - size + 1, size):

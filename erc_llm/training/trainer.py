@@ -143,7 +143,7 @@ class ERCSFTTrainer(SFTTrainer):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         if not (self.args.balance_processes and self.args.train_sampling_strategy == "random"):
             return super()._get_train_sampler(train_dataset)
-        return ProcessBalancedSampler(list(dataset["length"]), max(1, self.args.world_size),
+        return ProcessBalancedSampler(list(dataset["length"]), self.args.world_size,
                                       self.args.per_device_train_batch_size, self.args.gradient_accumulation_steps,
                                       self.args.data_seed if self.args.data_seed is not None else self.args.seed)
 
