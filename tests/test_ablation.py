@@ -260,6 +260,9 @@ def test_a_recorded_row_stands_in_for_its_missing_run_folder(tmp_path: Path) -> 
     run_ablation(spec, table_only=True)
     again = json.loads((spec.output_dir / "ablation.json").read_text())
     assert again["rows"] == first["rows"] and again["not_run"] == []
+    spec.rows["+history"]["ddp_find_unused_parameters"] = False  # how DDP runs, not what it trains: still it
+    run_ablation(spec, table_only=True)
+    assert json.loads((spec.output_dir / "ablation.json").read_text())["not_run"] == []
     spec.rows["+history"]["past_window"] = 3  # the row means another experiment now: its record is not it
     run_ablation(spec, table_only=True)
     assert json.loads((spec.output_dir / "ablation.json").read_text())["not_run"] == ["+history"]

@@ -346,6 +346,10 @@ def dump_yaml(data: dict[str, Any]) -> str:
 
 # Settings that name where a run writes, not what it trains: ignored when saved settings are matched.
 WHERE_FIELDS = frozenset({"output_dir", "logging_dir", "run_name", "hub_model_id"})
+# Settings that tune how a step is distributed or reported, never its numbers (DDP's graph search for unused
+# parameters, bucket size and timeout; logging): a run that differs only in them is the same experiment.
+PLUMBING_FIELDS = frozenset({"ddp_find_unused_parameters", "ddp_bucket_cap_mb", "ddp_timeout", "logging_steps",
+                             "disable_tqdm", "report_to"})
 _MISSING = object()
 
 
@@ -366,12 +370,12 @@ def field_defaults() -> dict[str, Any]:
 
 def settings_match(saved: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
     """True when a saved resolved config (erc_config.yaml's content) holds the settings of `wanted` (a
-    `resolved_config` of today's arguments), where the run writes aside; a setting the toolkit gained after the
-    config was saved counts as its default."""
+    `resolved_config` of today's arguments), where the run writes and how it is distributed or logged aside; a
+    setting the toolkit gained after the config was saved counts as its default."""
     wanted = yaml.safe_load(dump_yaml(dict(wanted))) or {}  # compared as saved: through YAML
     defaults = field_defaults()
     return all(saved.get(key, defaults.get(key, _MISSING)) == value
-               for key, value in wanted.items() if key not in WHERE_FIELDS)
+               for key, value in wanted.items() if key not in WHERE_FIELDS | PLUMBING_FIELDS)
 
 
 def saved_run_matches(run_dir: str | Path, wanted: Mapping[str, Any]) -> bool:
