@@ -102,7 +102,7 @@ def run_demo(out: Path, test_dialogues: int = 12, data_dir: str | None = None, s
              processes: int | None = None) -> Path:
     """Run every stage into `out`; return the comparison report's path.
 
-    The defaults are the recipes' (qwen2.5-coder-0.5b/sft/demo.yaml: ~3,000 training lines, 200 dev lines;
+    The defaults are the recipes' (qwen2.5-coder-0.5b/sft/demo.yaml: ~4,000 training lines, 200 dev lines;
     encoder-fusion/demo_meld.yaml: 300 baseline training dialogues); `sft_examples`, `dev_examples` and
     `baseline_train_dialogues` shrink them (the CI test of the whole pipeline does). `processes`: SFT processes
     (default: two when the machine has two cores or more).
@@ -167,7 +167,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--test-dialogues", type=int, default=12, help="MELD test dialogues labelled by both systems")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--sft-examples", type=int, default=None,
-                   help="LoRA training lines, whole dialogues (default: qwen2.5-coder-0.5b/sft/demo.yaml's 3,000)")
+                   help="LoRA training lines, whole dialogues (default: qwen2.5-coder-0.5b/sft/demo.yaml's 4,000)")
     p.add_argument("--dev-examples", type=int, default=None, help="dev lines scored after training (default: 200)")
     p.add_argument("--processes", type=int, default=None, help="SFT processes (default: 2 on a 2-core machine)")
     p.add_argument("--baseline-train-dialogues", type=int, default=None,
