@@ -17,6 +17,8 @@ history, sqrt-inverse class weights, LoRA on the top layers, bf16 frozen base, n
   header; ~26 tokens per line instead of ~43);
 * packed_transcript_unbalanced: packed_transcript without `balance_processes` (the plain seeded random order: the
   processes' shares of a step are not evened out, so one waits for the other at every optimizer step);
+* packed_transcript_grouped_steps: packed_transcript with `group_steps_by_length 16` (a step's 4 dialogues are of
+  similar length, so the processes finish it together; this changes which dialogues share a step);
 * packed_transcript_grouped: transcript turns, 4 dialogues of similar length per micro-batch as one padded batch
   (length-grouped sampling, attention mask, no attention across dialogues): fewer, wider matrix products.
 
@@ -75,6 +77,7 @@ LAYOUTS["packed_self_predictions"] = [*LAYOUTS["packed_accumulated"], "--packed_
 LAYOUTS["packed_transcript"] = [("erc_packed_transcript.j2" if v == "erc_packed.j2" else v)
                                 for v in LAYOUTS["packed_accumulated"]]
 LAYOUTS["packed_transcript_unbalanced"] = [*LAYOUTS["packed_transcript"], "--balance_processes", "false"]
+LAYOUTS["packed_transcript_grouped_steps"] = [*LAYOUTS["packed_transcript"], "--group_steps_by_length", "16"]
 LAYOUTS["packed_transcript_self_predictions"] = [*LAYOUTS["packed_transcript"], "--packed_inline_self_predictions", "1"]
 LAYOUTS["packed_transcript_grouped"] = ["--layout", "packed", "--template", "erc_packed_transcript.j2",
                                         "--max_line_chars", "200", "--per_device_train_batch_size", "4",

@@ -5,7 +5,8 @@ text and ~20 of speaker and label, a proxy of its tokens), the share of process 
 each optimizer step, when every process computes its share of the step and then waits for the slowest:
 idle = sum over steps (world * max load - sum of loads) / (world * sum over steps of max load).
 Random order = accelerate's seeded random sampler (what the trainer used before `balance_processes`);
-balanced = `erc_llm.training.sampling.ProcessBalancedSampler` (same steps, dialogues dealt out by length).
+balanced = `erc_llm.training.sampling.ProcessBalancedSampler` (same steps, dialogues dealt out by length);
+grouped = the same with `group_steps_by_length` (similar lengths share a step; this one changes the steps).
 Measured speed: `evaluation/bench_sft_packed.py` (arms packed_transcript vs packed_transcript_unbalanced).
 
     python evaluation/process_balance.py [--processes 2 --batch 1 --accumulation 2 --seeds 42 0 1]
@@ -35,11 +36,13 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=1, help="dialogues per micro-batch per process")
     p.add_argument("--accumulation", type=int, default=2, help="micro-batches per optimizer step per process")
     p.add_argument("--seeds", type=int, nargs="+", default=[42, 0, 1])
+    p.add_argument("--group-steps", type=int, default=16, help="window of group_steps_by_length, in steps")
     args = p.parse_args()
     shape = (args.processes, args.batch, args.accumulation)
     print(f"{args.processes} processes x {args.batch} dialogue(s) x {args.accumulation} micro-batches per step")
-    print("| corpus | dialogues | seed | idle, random order | idle, balanced order | speed-up if compute-bound |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| corpus | dialogues | seed | idle, random order | idle, balanced order | speed-up if compute-bound | "
+          f"idle, grouped ({args.group_steps} steps) | speed-up over balanced |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for corpus in args.corpora:
         dialogues = load_split(corpus, "train").dialogues
         lengths = [200 + sum(len(u.text) + 20 for u in d.utterances) for d in dialogues]
@@ -48,8 +51,11 @@ def main() -> None:
             balanced = ProcessBalancedSampler(lengths, *shape, seed=seed).order(0)
             idle_random = idle_share(process_loads(random_order, lengths, *shape))
             idle_balanced = idle_share(process_loads(balanced, lengths, *shape))
+            grouped = ProcessBalancedSampler(lengths, *shape, seed=seed, group_steps=args.group_steps).order(0)
+            idle_grouped = idle_share(process_loads(grouped, lengths, *shape))
             print(f"| {corpus} | {len(lengths)} | {seed} | {idle_random:.3f} | {idle_balanced:.3f} | "
-                  f"{(1 - idle_balanced) / (1 - idle_random):.2f}x |")
+                  f"{(1 - idle_balanced) / (1 - idle_random):.2f}x | {idle_grouped:.3f} | "
+                  f"{(1 - idle_grouped) / (1 - idle_balanced):.2f}x |")
     print("rerun: python evaluation/process_balance.py " + shlex.join(sys.argv[1:]))
 
 

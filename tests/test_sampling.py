@@ -68,3 +68,32 @@ def test_processes_wait_less_on_real_meld_dialogues(data_dir: Path) -> None:
     # one process never computes more than the other's maximum possible pairing in any step
     for step in rank_loads(balanced, lengths, world, batch, accumulation):
         assert max(step) - min(step) <= max(lengths)
+
+
+def test_length_grouped_steps_keep_every_dialogue_and_group_lengths(data_dir: Path) -> None:
+    lengths = dialogue_lengths(data_dir, "meld")
+    world, batch, accumulation = 2, 1, 2
+    size = world * batch * accumulation
+    grouped = ProcessBalancedSampler(lengths, world, batch, accumulation, seed=42, group_steps=16)
+    plain = ProcessBalancedSampler(lengths, world, batch, accumulation, seed=42)
+    for epoch in (0, 1):
+        order = grouped.order(epoch)
+        assert sorted(order) == list(range(len(lengths)))  # every dialogue once per epoch
+    order, reference = grouped.order(0), plain.order(0)
+    full = len(order) // size * size
+
+    def spread(o: list[int]) -> float:  # mean (longest / shortest) dialogue within a step
+        steps = [[lengths[i] for i in o[s:s + size]] for s in range(0, full, size)]
+        return sum(max(step) / min(step) for step in steps) / len(steps)
+
+    assert spread(order) < 0.5 * spread(reference)
+    # a window's dialogues come from the same stretch of the random permutation (it only regroups within it)
+    window = size * 16
+    for start in range(0, full - window + 1, window):
+        assert set(order[start:start + window]) == set(reference[start:start + window])
+    # steps are shuffled inside a window: not sorted from short to long
+    first = [sum(lengths[i] for i in order[s:s + size]) for s in range(0, window, size)]
+    assert first != sorted(first)
+    waiting_plain = idle_share(rank_loads(reference, lengths, world, batch, accumulation))
+    waiting_grouped = idle_share(rank_loads(order, lengths, world, batch, accumulation))
+    assert waiting_grouped < 0.5 * waiting_plain

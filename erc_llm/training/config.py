@@ -160,6 +160,14 @@ class ERCSFTConfig(SFTConfig):
             "dialogues share a step as in any random order, so training is unchanged; processes wait less."
         },
     )
+    group_steps_by_length: int = field(
+        default=0,
+        metadata={
+            "help": "0: off. N > 0: within windows of N optimizer steps of the random order, put dialogues of "
+            "similar length into the same step (window sorted by length, its steps shuffled), so data-parallel "
+            "processes finish a step together. Unlike balance_processes this changes which dialogues share a step."
+        },
+    )
     label_score_batch_size: int = field(
         default=32, metadata={"help": "Prompts per forward pass when scoring dev/test (left padding)."}
     )
@@ -250,6 +258,11 @@ class ERCSFTConfig(SFTConfig):
             raise SFTConfigError(
                 f"metric_for_best_model must be weighted_f1, macro_f1 or accuracy, got {self.metric_for_best_model!r}"
             )
+        if self.group_steps_by_length < 0:
+            raise SFTConfigError(f"group_steps_by_length must be >= 0, got {self.group_steps_by_length}")
+        if self.group_steps_by_length and self.batching == "length_grouped":
+            raise SFTConfigError("group_steps_by_length groups steps of the random order; batching: length_grouped "
+                                 "already orders by length (use one of them)")
         # Prompts are rendered and tokenised here (label-only labels, weights); TRL must not re-tokenise them.
         self.dataset_kwargs = {**(self.dataset_kwargs or {}), "skip_prepare_dataset": True}
         if self.batching == "length_grouped":

@@ -11,6 +11,11 @@ step's gradient is the same sum whoever computes it, so training is unchanged up
 The order is laid out for accelerate's sharding (batch i of `per_device_batch` indices goes to process
 i % world_size; a process's micro-batches k = 0 .. accumulation - 1 of a step are batches k * world_size + rank).
 A last step with fewer dialogues than a full one keeps its random order.
+
+`group_steps` > 0 (`group_steps_by_length`) goes further and does change which dialogues share a step: the
+permutation is cut into windows of that many steps, each window sorted by length and cut into steps, and the window's
+steps shuffled, so a step's dialogues are of similar length and its processes finish together. Every dialogue is
+still seen once per epoch in a seeded random window; what changes is that short and long dialogues rarely meet.
 """
 
 from __future__ import annotations
@@ -36,10 +41,11 @@ class ProcessBalancedSampler(Sampler[int]):
     """A seeded random order whose every optimizer step is split evenly (in tokens) over the processes."""
 
     def __init__(self, lengths: Sequence[int], world_size: int, per_device_batch: int, accumulation: int,
-                 seed: int) -> None:
+                 seed: int, group_steps: int = 0) -> None:
         self.lengths = list(lengths)
         self.world_size, self.per_device_batch, self.accumulation = world_size, per_device_batch, accumulation
         self.seed = seed
+        self.group_steps = group_steps
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -56,6 +62,8 @@ class ProcessBalancedSampler(Sampler[int]):
         shuffled = torch.randperm(len(self.lengths), generator=generator).tolist()
         slots = self.per_device_batch * self.accumulation  # dialogues per process per step
         size = slots * self.world_size
+        if self.group_steps > 0:
+            shuffled = self.grouped_by_length(shuffled, size, generator)
         out: list[int] = []
         for start in range(0, len(shuffled), size):
             step = shuffled[start:start + size]
@@ -67,6 +75,19 @@ class ProcessBalancedSampler(Sampler[int]):
                 for rank in range(self.world_size):
                     out.extend(assigned[rank][k * self.per_device_batch:(k + 1) * self.per_device_batch])
         return out
+
+    def grouped_by_length(self, shuffled: list[int], size: int, generator: torch.Generator) -> list[int]:
+        """Windows of `group_steps` steps, each sorted by length into steps that are then shuffled; the tail that
+        does not fill a step stays as drawn."""
+        full = len(shuffled) // size * size
+        out: list[int] = []
+        for start in range(0, full, size * self.group_steps):
+            window = sorted(shuffled[start:min(start + size * self.group_steps, full)],
+                            key=lambda i: (self.lengths[i], i))
+            steps = [window[k:k + size] for k in range(0, len(window), size)]
+            for s in torch.randperm(len(steps), generator=generator).tolist():
+                out.extend(steps[s])
+        return out + shuffled[full:]
 
 
 def process_loads(order: Sequence[int], lengths: Sequence[int], world_size: int, per_device_batch: int,

@@ -139,13 +139,16 @@ class ERCSFTTrainer(SFTTrainer):
             self._signature_columns = ["input_ids", "labels", "label_weights", "weight", "length"]
 
     def _get_train_sampler(self, train_dataset=None):
-        """A random order split evenly over the processes in every step (`balance_processes`), else TRL's."""
+        """A random order split evenly over the processes in every step (`balance_processes`), its steps optionally
+        grouped by dialogue length (`group_steps_by_length`), else TRL's."""
         dataset = train_dataset if train_dataset is not None else self.train_dataset
-        if not (self.args.balance_processes and self.args.train_sampling_strategy == "random"):
+        wanted = self.args.balance_processes or self.args.group_steps_by_length > 0
+        if not (wanted and self.args.train_sampling_strategy == "random"):
             return super()._get_train_sampler(train_dataset)
         return ProcessBalancedSampler(list(dataset["length"]), self.args.world_size,
                                       self.args.per_device_train_batch_size, self.args.gradient_accumulation_steps,
-                                      self.args.data_seed if self.args.data_seed is not None else self.args.seed)
+                                      self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+                                      group_steps=self.args.group_steps_by_length)
 
     # ---- loss -------------------------------------------------------------------------------------------
     def _get_num_items_in_batch(self, batch_samples: list, device) -> int:
