@@ -28,6 +28,7 @@ from erc_llm.data.cli import guarded_main
 from erc_llm.offline_models import resolve_model
 from erc_llm.training.config import parse_sft_args
 from erc_llm.training.steps import (
+    StepClock,
     Stopwatch,
     add_train_timer,
     build_trainer,
@@ -42,6 +43,7 @@ from erc_llm.training.steps import (
     resume_checkpoint,
     save_run_config,
     selected_dev_records,
+    steady_rate,
     world_size,
     write_split_outputs,
     write_summary,
@@ -83,6 +85,8 @@ def main() -> None:
     if resume:
         logger.info("resuming from %s", resume)
     train_timer = add_train_timer(trainer, resume)  # train_seconds.json in each checkpoint: whole time over resumes
+    step_clock = StepClock()
+    trainer.add_callback(step_clock)
     train_result = trainer.train(resume_from_checkpoint=resume)
     train_seconds = clock.total() - started
 
@@ -102,6 +106,8 @@ def main() -> None:
         "dev_eval_seconds": trainer.dev_seconds, "bf16": training_args.bf16, "torch_threads": torch.get_num_threads(),
         "resumed_from": resume, "ddp_find_unused_parameters": ddp_find_unused(trainer),
         "inline_self_predicted": trainer.inline_totals if training_args.packed_inline_self_predictions else None,
+        "train_step_end_seconds": step_clock.step_ends, "train_step_lines": trainer.step_lines,
+        "train_lines_per_second_after_first_step": steady_rate(step_clock.step_ends, trainer.step_lines),
     }
     dev_metrics = write_split_outputs(out / "dev", data_args.eval_split, data_args.corpus, dev_records, labels, summary)
     summary["dev_weighted_f1"] = dev_metrics["weighted_f1"]

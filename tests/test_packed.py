@@ -313,6 +313,8 @@ def test_packed_sft_recipe_runs_end_to_end(tmp_path, data_dir):
     summary = json.loads((out / "run_summary.json").read_text())
     assert summary["layout"] == "packed" and summary["train_sequences"] < summary["train_examples"]
     assert summary["label_loss"] == "label_set"
+    assert len(summary["train_step_lines"]) == summary["train_steps"] == len(summary["train_step_end_seconds"])
+    assert sum(summary["train_step_lines"]) <= summary["train_examples"] and min(summary["train_step_lines"]) > 0
     self_predicted = summary["inline_self_predicted"]  # every answer predicted in-step; wrong ones shown inline
     assert self_predicted["answers"] >= summary["train_examples"] and self_predicted["shown"] == self_predicted["wrong"]
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]

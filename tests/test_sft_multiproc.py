@@ -37,6 +37,11 @@ def test_sft_recipe_two_processes(tmp_path: Path, data_dir: Path) -> None:
     summary = json.loads((out / "run_summary.json").read_text())
     assert summary["world_size"] == 2
     assert summary["train_steps"] == 3
+    # lines per optimizer step summed over both processes (4 prompts each), and when each step ended
+    assert summary["train_step_lines"] == [8, 8, 8]
+    ends = summary["train_step_end_seconds"]
+    assert len(ends) == 3 and ends == sorted(ends) and ends[0] > 0
+    assert summary["train_lines_per_second_after_first_step"] == pytest.approx(16 / (ends[-1] - ends[0]), rel=0.01)
 
     adapter = load_file(str(out / "adapter_model.safetensors"))
     lora_b = {k: v for k, v in adapter.items() if "lora_B" in k}

@@ -203,3 +203,35 @@ def test_every_training_benchmark_arm_parses_against_todays_recipe(tmp_path: Pat
             per_step.append(processes * training_args.per_device_train_batch_size
                             * training_args.gradient_accumulation_steps)
         assert per_step[0] == per_step[1]
+
+
+def test_length_grouped_steps_need_a_constant_loss_normaliser() -> None:
+    """Grouping short dialogues into the same step with a per-step mean would give their lines several times the
+    weight of a line among long dialogues (MELD 1-3-line dialogues: 5.4x the average line, 1.5x in a random order)."""
+    recipe = REPO / "recipes/qwen2.5-coder-0.5b/sft/meld_packed.yaml"
+    _, default, _ = load_recipe(recipe, [])
+    assert default.loss_normalizer == "auto" and default.step_loss_normalizer == "step_tokens"
+    _, grouped, _ = load_recipe(recipe, ["--group_steps_by_length", "16"])
+    assert grouped.loss_normalizer == "auto" and grouped.step_loss_normalizer == "mean_step_tokens"
+    with pytest.raises(SFTConfigError, match="group_steps_by_length needs loss_normalizer: mean_step_tokens"):
+        load_recipe(recipe, ["--group_steps_by_length", "16", "--loss_normalizer", "step_tokens"])
+    with pytest.raises(SFTConfigError, match="batching: length_grouped"):
+        load_recipe(recipe, ["--group_steps_by_length", "16", "--batching", "length_grouped"])
+    with pytest.raises(SFTConfigError, match="loss_normalizer must be one of"):
+        load_recipe(recipe, ["--loss_normalizer", "tokens"])
+    with pytest.raises(SFTConfigError, match="group_steps_by_length must be >= 0"):
+        load_recipe(recipe, ["--group_steps_by_length", "-1"])
+
+
+def test_mean_step_answer_tokens_is_the_training_sets_mean_per_optimizer_step() -> None:
+    from types import SimpleNamespace
+
+    from datasets import Dataset
+
+    from erc_llm.training.data import IGNORE_INDEX
+    from erc_llm.training.trainer import mean_step_answer_tokens
+
+    x = IGNORE_INDEX
+    dataset = Dataset.from_dict({"labels": [[x, 5, x, 6, 7], [x, x, 4], [x, 1, 2, 3, x, 9]]})  # 3, 1, 4 answer tokens
+    args = SimpleNamespace(per_device_train_batch_size=1, gradient_accumulation_steps=2, world_size=2)
+    assert mean_step_answer_tokens(dataset, args) == pytest.approx(8 / 3 * 4)

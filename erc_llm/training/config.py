@@ -28,6 +28,7 @@ from erc_llm.prompting.config import PromptConfig
 SUBSAMPLE_STRATEGIES = ("random", "stratified", "sqrt", "balanced")
 CLASS_WEIGHTINGS = ("none", "inverse", "sqrt_inverse")
 BATCHINGS = ("padding_free", "length_grouped", "padded")
+LOSS_NORMALIZERS = ("auto", "step_tokens", "mean_step_tokens")
 LABEL_LOSSES = ("vocabulary", "label_set")
 
 
@@ -168,6 +169,16 @@ class ERCSFTConfig(SFTConfig):
             "processes finish a step together. Unlike balance_processes this changes which dialogues share a step."
         },
     )
+    loss_normalizer: str = field(
+        default="auto",
+        metadata={
+            "help": "What a step's weighted answer-token loss is divided by. 'step_tokens': the step's own answer "
+            "tokens (a mean per step; a line in a step of short dialogues weighs more than one among long ones); "
+            "'mean_step_tokens': the training set's mean answer tokens per optimizer step, a constant, so every "
+            "answer token weighs the same whichever step it is in; 'auto': mean_step_tokens with "
+            "group_steps_by_length (which puts short dialogues together), else step_tokens."
+        },
+    )
     label_score_batch_size: int = field(
         default=32, metadata={"help": "Prompts per forward pass when scoring dev/test (left padding)."}
     )
@@ -260,6 +271,11 @@ class ERCSFTConfig(SFTConfig):
             )
         if self.group_steps_by_length < 0:
             raise SFTConfigError(f"group_steps_by_length must be >= 0, got {self.group_steps_by_length}")
+        if self.loss_normalizer not in LOSS_NORMALIZERS:
+            raise SFTConfigError(f"loss_normalizer must be one of {LOSS_NORMALIZERS}, got {self.loss_normalizer!r}")
+        if self.group_steps_by_length and self.loss_normalizer == "step_tokens":
+            raise SFTConfigError("group_steps_by_length needs loss_normalizer: mean_step_tokens (with a mean per step, "
+                                 "steps of short dialogues give each of their lines several times the weight)")
         if self.group_steps_by_length and self.batching == "length_grouped":
             raise SFTConfigError("group_steps_by_length groups steps of the random order; batching: length_grouped "
                                  "already orders by length (use one of them)")
@@ -270,6 +286,13 @@ class ERCSFTConfig(SFTConfig):
         super().__post_init__()
         if self.early_stopping_patience is not None and (self.eval_strategy == "no" or not self.load_best_model_at_end):
             raise SFTConfigError("early_stopping_patience needs eval_strategy != 'no' and load_best_model_at_end: true")
+
+    @property
+    def step_loss_normalizer(self) -> str:
+        """`loss_normalizer` with 'auto' resolved (kept as 'auto' in the saved settings, so older runs still match)."""
+        if self.loss_normalizer != "auto":
+            return self.loss_normalizer
+        return "mean_step_tokens" if self.group_steps_by_length else "step_tokens"
 
 
 @dataclass

@@ -357,6 +357,29 @@ class TrainSecondsCallback(TrainerCallback):
                               {"train_seconds": self.all_parts(time.perf_counter() - self.started)})
 
 
+class StepClock(TrainerCallback):
+    """Wall seconds from the start of this run's training to the end of each optimizer step (evaluations and saves
+    between steps included): with `ERCSFTTrainer.step_lines`, a rate past the first step's warm-up."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.step_ends: list[float] = []
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.step_ends.append(round(time.perf_counter() - self.started, 2))
+
+
+def steady_rate(step_ends: Sequence[float], step_lines: Sequence[int]) -> float | None:
+    """Lines per second after the first optimizer step (which also pays for warm-up: allocations, first kernels);
+    None with fewer than two steps."""
+    if len(step_ends) < 2 or len(step_lines) < len(step_ends):
+        return None
+    return round(sum(step_lines[1:len(step_ends)]) / max(step_ends[-1] - step_ends[0], 1e-6), 3)
+
+
 def add_train_timer(trainer: ERCSFTTrainer, resume: str | None) -> TrainSecondsCallback:
     """Time training across resumes: the seconds before `resume` come from its train_seconds.json (None when the
     checkpoint has none, e.g. written before this existed)."""

@@ -48,6 +48,7 @@ from erc_llm.labelling.loop import Labelled, label_split
 from erc_llm.labelling.scorers import HFLabelScorer, HFPackedScorer
 from erc_llm.prompting.answer import LabelTokens
 from erc_llm.prompting.builder import PromptBuilder
+from erc_llm.training.data import IGNORE_INDEX
 from erc_llm.training.packed import answer_spans, show_inline_labels
 from erc_llm.training.sampling import ProcessBalancedSampler
 
@@ -110,6 +111,14 @@ def predict_answers(model, inputs: dict[str, torch.Tensor], answer: LabelTokens)
     return [answer.labels[i] for i in logits[:, first_ids].argmax(-1).tolist()]
 
 
+def mean_step_answer_tokens(dataset, args) -> float:
+    """Answer tokens per full optimizer step on average over the training set (`loss_normalizer: mean_step_tokens`):
+    mean answer tokens per example x examples per step (batch x accumulation x processes)."""
+    answers = sum(sum(1 for t in labels if t != IGNORE_INDEX) for labels in dataset["labels"])
+    per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    return max(1.0, answers / max(1, len(dataset)) * per_step)
+
+
 class ERCSFTTrainer(SFTTrainer):
     """SFTTrainer whose loss is class-weighted on label tokens and whose evaluation is dev label scoring."""
 
@@ -128,8 +137,12 @@ class ERCSFTTrainer(SFTTrainer):
         self.eval_dialogues = list(eval_dialogues)
         self.labels = list(builder.label_set.labels)
         self.loss_is_scaled_for_ga = True  # compute_loss divides by the answer tokens of the whole accumulated step
+        self.mean_step_answer_tokens = (mean_step_answer_tokens(self.train_dataset, self.args)
+                                        if self.train_dataset is not None
+                                        and self.args.step_loss_normalizer == "mean_step_tokens" else None)
         self.train_tokens = 0
         self.train_compute_seconds = 0.0
+        self.step_lines: list[int] = []  # labelled lines per optimizer step of this run, over all processes
         self.dev_records: dict[int, list[PredictionRecord]] = {}
         self.dev_seconds: list[float] = []
 
@@ -151,13 +164,19 @@ class ERCSFTTrainer(SFTTrainer):
                                       group_steps=self.args.group_steps_by_length)
 
     # ---- loss -------------------------------------------------------------------------------------------
-    def _get_num_items_in_batch(self, batch_samples: list, device) -> int:
+    def _get_num_items_in_batch(self, batch_samples: list, device) -> float:
         """Answer tokens in one optimizer step, over its micro-batches and (summed) over the data-parallel processes:
         the loss is their (weighted) mean however the step is split, so batch 4, batch 1 x 4 accumulation steps and
-        2 processes x batch 1 x 2 accumulation steps train the same objective."""
+        2 processes x batch 1 x 2 accumulation steps train the same objective. With `loss_normalizer:
+        mean_step_tokens`, the training set's mean per step instead (a constant: every answer token weighs the same)."""
         count = sum(int(batch["target_ids"].numel()) for batch in batch_samples)
+        lines = sum(int(batch["target_first"].sum()) for batch in batch_samples)  # one first answer token per line
         if self.args.world_size > 1:
-            count = int(self.accelerator.gather(torch.tensor([count], device=device)).sum())
+            count, lines = (int(x) for x in self.accelerator.gather(torch.tensor([[count, lines]], device=device)).sum(0))
+        if self.model.training:
+            self.step_lines.append(lines)
+        if self.args.step_loss_normalizer == "mean_step_tokens":
+            return self.mean_step_answer_tokens
         return count
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -170,7 +189,7 @@ class ERCSFTTrainer(SFTTrainer):
         logits = outputs.logits[rows, col_index].float()
         token_loss = label_token_loss(logits, target_ids, first, self.label_first_ids)
         # T = the step's answer tokens over all accumulated micro-batches (Trainer passes num_items_in_batch)
-        loss = (token_loss * weights).sum() / max(1, int(num_items_in_batch or target_ids.numel()))
+        loss = (token_loss * weights).sum() / max(1.0, float(num_items_in_batch or target_ids.numel()))
         if num_items_in_batch is not None and self.args.world_size > 1:
             loss = loss * self.args.world_size  # DDP averages the processes' gradients; T above is their sum
         if model.training:
