@@ -31,7 +31,9 @@ the JSON keeps each arm's median run and all runs' rates.
 Labelled utterances per second = lines trained / `trainer.train()` wall seconds (from each run's
 run_summary.json); also after the first optimizer step (lines of steps 2.. / seconds from the end of step 1 to the
 last step's end: run_summary's train_step_end_seconds and train_step_lines), the rate without the warm-up that
-the first step pays, which weighs 1 of 11 steps here but nothing in a recorded run of hundreds of steps. Writes evaluation/bench_sft_packed.json.
+the first step pays, which weighs 1 of 11 steps here but nothing in a recorded run of hundreds of steps. Writes
+evaluation/bench_sft_packed.json (every arm) or `--out`; `--headline-from <out> [--headline-arm packed_transcript]`
+writes the issue's headline file evaluation/bench_sft_packed.json from a finished `--out` (per_utterance and packed).
 
     python evaluation/bench_sft_packed.py --model Qwen/Qwen2.5-Coder-0.5B-Instruct --utterances 400 --threads 2 \
         [--repeats 2] [--processes 2 --out evaluation/bench_sft_packed_2processes.json]
@@ -127,7 +129,27 @@ def parse_args() -> argparse.Namespace:
                    help="with --processes > 1: DDP's per-step search for parameters without gradients, for every arm "
                         "('recipe': the base recipe's setting)")
     p.add_argument("--out", default=str(OUT))
+    p.add_argument("--headline-from", metavar="JSON",
+                   help="write no benchmark: take this earlier --out file and write the packed-prompts issue's "
+                        f"headline file {OUT.relative_to(REPO)} from it (per_utterance and packed = --headline-arm)")
+    p.add_argument("--headline-arm", default="packed_transcript", choices=list(LAYOUTS))
     return p.parse_args()
+
+
+def write_headline(source: Path, arm: str) -> dict:
+    """{"per_utterance": ..., "packed": the arm's figures, speed-ups} from a finished benchmark's JSON."""
+    results = json.loads(source.read_text())
+    if "per_utterance" not in results or arm not in results:
+        raise SystemExit(f"{source}: needs the per_utterance and {arm} arms, has {sorted(results)}")
+    key = "speedup" if arm == "packed" else f"speedup_{arm}"
+    headline = {
+        "per_utterance": results["per_utterance"], "packed": {**results[arm], "arm": arm},
+        "speedup": results[key], "speedup_after_first_step": results.get(f"speedup_after_first_step_{arm}"),
+        "meta": {**results["meta"], "source": str(source), "benchmark_command": results["meta"].get("command"),
+                 "command": "python evaluation/bench_sft_packed.py " + shlex.join(sys.argv[1:])},
+    }
+    OUT.write_text(json.dumps(headline, indent=2) + "\n")
+    return headline
 
 
 def run(layout: str, args: argparse.Namespace, out_dir: Path) -> dict:
@@ -161,6 +183,11 @@ def run(layout: str, args: argparse.Namespace, out_dir: Path) -> dict:
 
 def main() -> None:
     args = parse_args()
+    if args.headline_from:
+        headline = write_headline(Path(args.headline_from), args.headline_arm)
+        print(f"{args.headline_arm} vs per utterance: {headline['speedup']}x whole run, "
+              f"{headline['speedup_after_first_step']}x after the first step -> {OUT}")
+        return
     runs: dict[str, list[dict]] = {layout: [] for layout in LAYOUTS}
     with tempfile.TemporaryDirectory(prefix="bench-sft-packed-") as tmp:
         for repeat in range(args.repeats):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -235,3 +236,18 @@ def test_mean_step_answer_tokens_is_the_training_sets_mean_per_optimizer_step() 
     dataset = Dataset.from_dict({"labels": [[x, 5, x, 6, 7], [x, x, 4], [x, 1, 2, 3, x, 9]]})  # 3, 1, 4 answer tokens
     args = SimpleNamespace(per_device_train_batch_size=1, gradient_accumulation_steps=2, world_size=2)
     assert mean_step_answer_tokens(dataset, args) == pytest.approx(8 / 3 * 4)
+
+
+def test_the_packed_prompts_issues_benchmark_files_have_the_fields_it_names() -> None:
+    """evaluation/bench_sft_packed.json: {"per_utterance": {"utterances", "seconds", ...}, "packed": {...}};
+    evaluation/bench_labelling_meld.json: an entry whose key contains `packed`, with the other entries' fields."""
+    training = json.loads((REPO / "evaluation" / "bench_sft_packed.json").read_text())
+    for arm in ("per_utterance", "packed"):
+        assert training[arm]["utterances"] > 0 and training[arm]["seconds"] > 0
+    assert training["speedup"] == pytest.approx(
+        training["packed"]["utterances_per_second"] / training["per_utterance"]["utterances_per_second"], abs=0.01)
+    labelling = json.loads((REPO / "evaluation" / "bench_labelling_meld.json").read_text())
+    packed = [key for key in labelling if "packed" in key]
+    assert packed
+    fields = {k for key, entry in labelling.items() if "packed" not in key and isinstance(entry, dict) for k in entry}
+    assert fields and all(fields <= set(labelling[key]) for key in packed if isinstance(labelling[key], dict))
