@@ -28,7 +28,8 @@ def test_sft_recipe_two_processes(tmp_path: Path, data_dir: Path) -> None:
     }
     # `accelerate launch --cpu --num_processes 2` starts one process; torchrun gives a real world size of 2 (gloo).
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-           str(REPO / "recipes" / "sft.py"), "--config", str(SMOKE), "--output_dir", str(out), "--disable_tqdm", "true"]
+           str(REPO / "recipes" / "sft.py"), "--config", str(SMOKE), "--output_dir", str(out), "--disable_tqdm", "true",
+           "--eval_steps", "1"]  # dev scoring between steps too: step timing and line counts must survive it
     started = time.monotonic()
     proc = run_watched(cmd, cwd=tmp_path, env=env, timeout=900)
     elapsed = time.monotonic() - started
@@ -37,7 +38,8 @@ def test_sft_recipe_two_processes(tmp_path: Path, data_dir: Path) -> None:
     summary = json.loads((out / "run_summary.json").read_text())
     assert summary["world_size"] == 2
     assert summary["train_steps"] == 3
-    # lines per optimizer step summed over both processes (4 prompts each), and when each step ended
+    # lines per optimizer step summed over both processes (4 prompts each), and when each step ended (every step,
+    # also those after a dev evaluation)
     assert summary["train_step_lines"] == [8, 8, 8]
     ends = summary["train_step_end_seconds"]
     assert len(ends) == 3 and ends == sorted(ends) and ends[0] > 0

@@ -143,6 +143,7 @@ class ERCSFTTrainer(SFTTrainer):
         self.train_tokens = 0
         self.train_compute_seconds = 0.0
         self.step_lines: list[int] = []  # labelled lines per optimizer step of this run, over all processes
+        self._step_lines = 0
         self.dev_records: dict[int, list[PredictionRecord]] = {}
         self.dev_seconds: list[float] = []
 
@@ -163,6 +164,14 @@ class ERCSFTTrainer(SFTTrainer):
                                       self.args.data_seed if self.args.data_seed is not None else self.args.seed,
                                       group_steps=self.args.group_steps_by_length)
 
+    def get_batch_samples(self, epoch_iterator, num_batches: int, device) -> tuple[list, Any]:
+        """The training loop's next optimizer step of micro-batches; records its labelled lines over all processes
+        (`step_lines`, counted in `_get_num_items_in_batch`)."""
+        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if batch_samples:
+            self.step_lines.append(self._step_lines)
+        return batch_samples, num_items_in_batch
+
     # ---- loss -------------------------------------------------------------------------------------------
     def _get_num_items_in_batch(self, batch_samples: list, device) -> float:
         """Answer tokens in one optimizer step, over its micro-batches and (summed) over the data-parallel processes:
@@ -173,8 +182,7 @@ class ERCSFTTrainer(SFTTrainer):
         lines = sum(int(batch["target_first"].sum()) for batch in batch_samples)  # one first answer token per line
         if self.args.world_size > 1:
             count, lines = (int(x) for x in self.accelerator.gather(torch.tensor([[count, lines]], device=device)).sum(0))
-        if self.model.training:
-            self.step_lines.append(lines)
+        self._step_lines = lines
         if self.args.step_loss_normalizer == "mean_step_tokens":
             return self.mean_step_answer_tokens
         return count
