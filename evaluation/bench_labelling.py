@@ -16,23 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime
 
+from erc_llm.provenance import machine
+
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
-
-
-def cpu_name() -> str:
-    """Processor model name (for the record)."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
 
 
 def build_prompts(args):
@@ -192,7 +183,7 @@ def main() -> None:
 
     print(f"# Labelling throughput, {args.corpus} {args.split} ({n} utterances), {model_name}"
           f"{' + ' + args.adapter if args.adapter else ''}")
-    print(f"date: {datetime.now(UTC).isoformat(timespec='seconds')}; machine: {os.cpu_count()} cores, {cpu_name()}; "
+    print(f"date: {datetime.now(UTC).isoformat(timespec='seconds')}; machine: {machine()}; "
           f"load average before: {os.getloadavg()[0]:.2f}")
     print("| method | utterances timed | seconds | utt/s | prompt tok/s | valid labels | W-F1 on timed |")
     print("|---|---|---|---|---|---|---|")
@@ -225,7 +216,7 @@ def main() -> None:
             r.pop("preds")
             r["utterances_per_second"] = round(r["utterances"] / r["seconds"], 3)
         meta = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "model": model_name, "adapter": args.adapter,
-                "machine": f"{os.cpu_count()} cores, {cpu_name()}", "command": command,
+                "machine": machine(), "command": command,
                 "load_average_at_end": round(os.getloadavg()[0], 2)}
         existing = {}
         if os.path.exists(args.out):

@@ -42,16 +42,16 @@ writes the issue's headline file evaluation/bench_sft_packed.json from a finishe
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from erc_llm.provenance import machine
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "evaluation" / "bench_sft_packed.json"
@@ -102,15 +102,6 @@ def per_process(overrides: list[str], processes: int) -> list[str]:
             out[accumulation] = str(int(out[accumulation]) // processes)
             return out
     raise SystemExit(f"{processes} processes do not divide the arm's batch or accumulation steps: {overrides}")
-
-
-def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo), else the architecture."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def parse_args() -> argparse.Namespace:
@@ -228,7 +219,7 @@ def main() -> None:
     results["meta"] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "model": args.model,
         "threads": 1 if args.processes > 1 else args.threads, "processes": args.processes,
-        "machine": f"{cpu_model()}, {os.cpu_count()} cores",
+        "machine": machine(),
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()], "repeats": args.repeats,
         "ddp_find_unused_parameters": args.ddp_find_unused_parameters,
         "command": "python evaluation/bench_sft_packed.py " + shlex.join(sys.argv[1:]),

@@ -26,6 +26,7 @@ from transformers import set_seed
 
 from erc_llm.data.cli import guarded_main
 from erc_llm.offline_models import resolve_model
+from erc_llm.provenance import run_provenance
 from erc_llm.training.config import parse_sft_args
 from erc_llm.training.steps import (
     StepClock,
@@ -56,6 +57,9 @@ def main() -> None:
     data_args, training_args, model_args = parse_sft_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     clock = Stopwatch()
+    provenance = run_provenance(Path(__file__))  # checkout, commit, versions, machine, command
+    if provenance["library_mismatch"]:
+        logger.warning(provenance["library_mismatch"])
 
     # ---- seed ----------------------------------------------------------------------------------------
     set_seed(training_args.seed)
@@ -108,6 +112,7 @@ def main() -> None:
         "inline_self_predicted": trainer.inline_totals if training_args.packed_inline_self_predictions else None,
         "train_step_end_seconds": step_clock.step_ends, "train_step_lines": trainer.step_lines,
         "train_lines_per_second_after_first_step": steady_rate(step_clock.step_ends, trainer.step_lines),
+        "provenance": provenance,
     }
     dev_metrics = write_split_outputs(out / "dev", data_args.eval_split, data_args.corpus, dev_records, labels, summary)
     summary["dev_weighted_f1"] = dev_metrics["weighted_f1"]

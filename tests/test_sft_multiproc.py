@@ -37,6 +37,8 @@ def test_sft_recipe_two_processes(tmp_path: Path, data_dir: Path) -> None:
 
     summary = json.loads((out / "run_summary.json").read_text())
     assert summary["world_size"] == 2
+    assert Path(summary["provenance"]["library"]) == REPO / "erc_llm"  # the checkout PYTHONPATH names
+    assert summary["provenance"]["git_commit"] and summary["provenance"]["library_mismatch"] is None
     assert summary["train_steps"] == 3
     # lines per optimizer step summed over both processes (4 prompts each), and when each step ended (every step,
     # also those after a dev evaluation)
