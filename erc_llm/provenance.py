@@ -42,29 +42,25 @@ def machine() -> str:
     return f"{cpu_model()}, {os.cpu_count()} cores"
 
 
-def checkout_root(path: Path) -> Path | None:
-    """The git work tree that holds `path`, or None (not in a checkout, or no git)."""
+def _git(cwd: Path, *args: str) -> str | None:
+    """`git -C cwd args...` output, or None (git missing, not a checkout, or it failed)."""
     try:
-        out = subprocess.run(["git", "-C", str(path), "rev-parse", "--show-toplevel"], capture_output=True,
-                             text=True, check=False, timeout=30)
+        out = subprocess.run(["git", "-C", str(cwd), *args], capture_output=True, text=True, check=False, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return Path(out.stdout.strip()).resolve() if out.returncode == 0 and out.stdout.strip() else None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def checkout_root(path: Path) -> Path | None:
+    """The git work tree that holds `path`, or None (not in a checkout, or no git)."""
+    top = _git(path, "rev-parse", "--show-toplevel")
+    return Path(top).resolve() if top else None
 
 
 def git_state(root: Path) -> dict[str, Any]:
     """Commit of the work tree at `root` and whether tracked files differ from it (None when unknown)."""
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, check=False,
-                                 timeout=30)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return out.stdout.strip() if out.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"git_commit": commit, "git_dirty": None if status is None else bool(status)}
+    status = _git(root, "status", "--porcelain", "--untracked-files=no")
+    return {"git_commit": _git(root, "rev-parse", "HEAD"), "git_dirty": None if status is None else bool(status)}
 
 
 def library_mismatch(script: Path) -> str | None:
