@@ -74,3 +74,39 @@ def test_one_dialogue_cannot_be_cross_fitted():
     assert heldout_label_bias_gain(records, LABELS)["gain"] is None
     bias, entries = choose_label_bias(records, LABELS)
     assert bias is None and entries["label_bias_applied"] is False
+
+
+@pytest.mark.slow
+def test_recipe_without_dev_evaluations_decides_the_bias_on_its_final_dev_labelling(tmp_path, data_dir):
+    """The 1.5B EmoryNLP recipe's path on SmolLM2: no evaluation during training, the model's own predictions as
+    history, `calibrate_label_bias` on. Dev is labelled once after training; the held-out check on those labels
+    decides the bias, and the run records the check and the decision with its test scores."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "ERC_LLM_DATA_DIR": str(data_dir), "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "2"}
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(repo / "recipes" / "sft.py"), "--config",
+           str(repo / "recipes" / "smollm2-135m" / "sft" / "smoke.yaml"), "--output_dir", str(out),
+           "--corpus", "emorynlp", "--layout", "packed", "--template", "erc_packed_transcript.j2",
+           "--use_history", "true", "--eval_history_source", "predicted", "--packed_inline_self_predictions", "1.0",
+           "--per_device_train_batch_size", "1", "--batching", "padding_free", "--max_steps", "1",
+           "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false",
+           "--early_stopping_patience", "null", "--calibrate_label_bias", "true",
+           "--test_split", "test", "--eval_subsample", "60", "--test_subsample", "40"]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "run_summary.json").read_text())
+    check = summary["label_bias_heldout"]
+    assert check["gain"] is not None and len(check["halves"]) == 2
+    assert summary["label_bias_applied"] == (check["gain"] > 0) == ("label_bias" in summary)
+    dev_rows = (out / "dev" / "predictions.jsonl").read_text().splitlines()
+    assert sum(h["scored_utterances"] for h in check["halves"]) == len(dev_rows) >= 60
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["split"] == "test" and metrics["extra"]["label_bias_heldout_gain"] == check["gain"]
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) >= 40 and all(r["pred"] in r["scores"] for r in rows)
