@@ -29,14 +29,8 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def smoke_adapter(tmp_path_factory, data_dir) -> Path:
     """A LoRA adapter trained by the real SFT recipe (smoke config, one process, a few steps on MELD)."""
-    import subprocess
-    import sys
+    from watched import run_sft
 
-    out = tmp_path_factory.mktemp("sft-smoke")
-    env = {**os.environ, "ERC_LLM_DATA_DIR": str(data_dir), "ACCELERATE_USE_CPU": "1"}
-    cmd = [sys.executable, str(REPO_ROOT / "recipes" / "sft.py"), "--config",
-           str(REPO_ROOT / "recipes" / "smollm2-135m" / "sft" / "smoke.yaml"), "--output_dir", str(out)]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
-    assert result.returncode == 0, result.stderr[-4000:]
+    out = run_sft(tmp_path_factory.mktemp("sft-smoke"), data_dir=data_dir, threads=None, timeout=1200)
     assert (out / "adapter_config.json").exists(), sorted(p.name for p in out.iterdir())
     return out

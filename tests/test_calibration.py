@@ -82,24 +82,17 @@ def test_recipe_without_dev_evaluations_decides_the_bias_on_its_final_dev_labell
     history, `calibrate_label_bias` on. Dev is labelled once after training; the held-out check on those labels
     decides the bias, and the run records the check and the decision with its test scores."""
     import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
 
-    repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "ERC_LLM_DATA_DIR": str(data_dir), "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "2"}
-    out = tmp_path / "run"
-    cmd = [sys.executable, str(repo / "recipes" / "sft.py"), "--config",
-           str(repo / "recipes" / "smollm2-135m" / "sft" / "smoke.yaml"), "--output_dir", str(out),
-           "--corpus", "emorynlp", "--layout", "packed", "--template", "erc_packed_transcript.j2",
-           "--use_history", "true", "--eval_history_source", "predicted", "--packed_inline_self_predictions", "1.0",
-           "--per_device_train_batch_size", "1", "--batching", "padding_free", "--max_steps", "1",
-           "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false",
-           "--early_stopping_patience", "null", "--calibrate_label_bias", "true",
-           "--test_split", "test", "--eval_subsample", "60", "--test_subsample", "40"]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
+    from watched import run_sft
+
+    out = run_sft(tmp_path / "run", "--corpus", "emorynlp", "--layout", "packed",
+                  "--template", "erc_packed_transcript.j2", "--use_history", "true",
+                  "--eval_history_source", "predicted", "--packed_inline_self_predictions", "1.0",
+                  "--per_device_train_batch_size", "1", "--batching", "padding_free", "--max_steps", "1",
+                  "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false",
+                  "--early_stopping_patience", "null", "--calibrate_label_bias", "true",
+                  "--test_split", "test", "--eval_subsample", "60", "--test_subsample", "40",
+                  data_dir=data_dir, threads=2)
     summary = json.loads((out / "run_summary.json").read_text())
     check = summary["label_bias_heldout"]
     assert check["gain"] is not None and len(check["halves"]) == 2

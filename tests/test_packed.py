@@ -9,7 +9,7 @@ import dataclasses
 
 import pytest
 import torch
-from watched import free_port
+from watched import run_sft
 
 from erc_llm.data import load_split
 from erc_llm.evaluation import PredictionRecord, write_predictions
@@ -294,22 +294,11 @@ def test_packed_sft_recipe_runs_end_to_end(tmp_path, data_dir):
     packed dialogues, selects on dev by packed labelling, labels test, and records the layout, loss and in-step
     predictions in the run summary."""
     import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
 
-    repo = Path(__file__).resolve().parents[1]
-    out = tmp_path / "packed"
-    cmd = [sys.executable, str(repo / "recipes" / "sft.py"), "--config",
-           str(repo / "recipes" / "smollm2-135m" / "sft" / "smoke.yaml"), "--output_dir", str(out),
-           "--layout", "packed", "--template", "erc_packed_transcript.j2", "--use_history", "true",
-           "--batching", "padding_free", "--per_device_train_batch_size", "2", "--train_subsample", "40", "--test_split", "test",
-           "--test_subsample", "20", "--label_loss", "label_set",
-           "--packed_inline_self_predictions", "1"]
-    env = {**os.environ, "ERC_LLM_DATA_DIR": str(data_dir), "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
+    out = run_sft(tmp_path / "packed", "--layout", "packed", "--template", "erc_packed_transcript.j2",
+                  "--use_history", "true", "--batching", "padding_free", "--per_device_train_batch_size", "2",
+                  "--train_subsample", "40", "--test_split", "test", "--test_subsample", "20",
+                  "--label_loss", "label_set", "--packed_inline_self_predictions", "1", data_dir=data_dir)
     summary = json.loads((out / "run_summary.json").read_text())
     assert summary["layout"] == "packed" and summary["train_sequences"] < summary["train_examples"]
     assert summary["label_loss"] == "label_set"
@@ -329,15 +318,8 @@ def test_batch_of_dialogues_and_accumulated_single_dialogues_take_the_same_step(
     (attention mask), or two processes with one dialogue per micro-batch in the process-balanced order (the step's
     dialogues dealt out by length, DDP averaging), gives the same LoRA update: the loss is the mean over the step's
     answer tokens either way."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     from safetensors.torch import load_file
 
-    repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "ERC_LLM_DATA_DIR": str(data_dir), "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     adapters = []
     # (per-process batch, accumulation, batching, processes). The subsample is 3 dialogues: the 4-dialogue arms
     # take them all in one step; flat2 and the 2-process arm (one dialogue each, DDP) take the same first two.
@@ -345,19 +327,13 @@ def test_batch_of_dialogues_and_accumulated_single_dialogues_take_the_same_step(
             "grouped4": (4, 1, "length_grouped", 1), "flat2": (2, 1, "padding_free", 1),
             "ddp2x1": (1, 1, "padding_free", 2)}
     for name, (batch, accumulation, batching, processes) in arms.items():
-        out = tmp_path / name
-        launch = [sys.executable] if processes == 1 else [
-            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-            "--master_port", str(free_port())]
-        cmd = [*launch, str(repo / "recipes" / "sft.py"), "--config",
-               str(repo / "recipes" / "smollm2-135m" / "sft" / "smoke.yaml"), "--output_dir", str(out),
-               "--layout", "packed", "--template", "erc_packed.j2", "--batching", batching, "--max_steps", "1",
-               "--per_device_train_batch_size", str(batch), "--gradient_accumulation_steps", str(accumulation),
-               "--train_subsample", "30", "--eval_strategy", "no", "--save_strategy", "no",
-               "--load_best_model_at_end", "false", "--dtype", "float32", "--bf16", "false",
-               "--optim", "sgd"]  # plain SGD: Adam's first step is ~lr * sign(g), which amplifies rounding noise
-        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-        assert result.returncode == 0, result.stderr[-3000:]
+        out = run_sft(tmp_path / name, "--layout", "packed", "--template", "erc_packed.j2", "--batching", batching,
+                      "--max_steps", "1", "--per_device_train_batch_size", str(batch),
+                      "--gradient_accumulation_steps", str(accumulation), "--train_subsample", "30",
+                      "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false",
+                      "--dtype", "float32", "--bf16", "false",
+                      "--optim", "sgd",  # plain SGD: Adam's first step is ~lr * sign(g), which amplifies rounding noise
+                      data_dir=data_dir, processes=processes)
         adapters.append(load_file(str(out / "adapter_model.safetensors")))
     for flat, *others in (adapters[:3], adapters[3:]):
         assert_same_update(flat, others)

@@ -1,4 +1,4 @@
-"""Run a multi-process command under a watchdog (tests that launch torchrun or vLLM engines).
+"""Run a multi-process command under a watchdog (tests that launch recipes/sft.py, torchrun or vLLM engines).
 
 On a timeout every Python process of the command prints its threads' stacks (faulthandler on SIGABRT) before the
 process group is killed, and the test fails with those stacks: a hang in CI says where it hung.
@@ -10,11 +10,15 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE_RECIPE = REPO / "recipes" / "smollm2-135m" / "sft" / "smoke.yaml"
 
 
 def free_port() -> int:
@@ -73,3 +77,20 @@ def run_watched(cmd: list[str], *, cwd: Path, env: dict[str, str], timeout: floa
         out.seek(0)
         err.seek(0)
         return subprocess.CompletedProcess(cmd, proc.returncode, out.read(), err.read())
+
+
+def run_sft(out: Path, *args: str, data_dir: Path, processes: int = 1, threads: int | None = 1,
+            timeout: float = 900) -> Path:
+    """Run recipes/sft.py on the SmolLM2 smoke recipe with `args` overriding it, writing to `out`; fail the test
+    with the run's stderr if it fails. Two or more processes run under torchrun (a real world size, gloo);
+    `threads` sets OMP_NUM_THREADS per process (None: torch's default)."""
+    launch = [sys.executable] if processes == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+        "--master_port", str(free_port())]
+    cmd = [*launch, str(REPO / "recipes" / "sft.py"), "--config", str(SMOKE_RECIPE), "--output_dir", str(out), *args]
+    env = {**os.environ, "ERC_LLM_DATA_DIR": str(data_dir), "ACCELERATE_USE_CPU": "1"}
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    result = run_watched(cmd, cwd=REPO, env=env, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return out
