@@ -356,6 +356,7 @@ def test_vllm_gpu_defaults_and_data_parallel_groups() -> None:
 def test_resume_fingerprint_covers_template_retrieval_and_engine(tmp_path: Path, monkeypatch) -> None:
     from erc_llm.labelling.config import LabelConfig
     from erc_llm.labelling.run import run_fingerprint
+    from erc_llm.precision import cpu_has_native_bf16
     from erc_llm.prompting.config import PromptConfig
     from erc_llm.retrieval.config import RetrievalConfig
 
@@ -370,7 +371,8 @@ def test_resume_fingerprint_covers_template_retrieval_and_engine(tmp_path: Path,
     template.write_text("{% block system %}A{% endblock %}{% block user %}{{ x }}{% endblock %}")
     base = fp(LabelConfig(template=str(template)))
     assert base["chat_template_kwargs"] == {"date_string": "26 Jul 2024"}
-    assert base["engine"]["dtype"] == "bfloat16" and base["engine"]["max_model_len"] == 2048  # CPU defaults
+    cpu_bf16 = "bfloat16" if cpu_has_native_bf16() else "float32"  # erc_llm.precision
+    assert base["engine"]["dtype"] == cpu_bf16 and base["engine"]["max_model_len"] == 2048  # CPU defaults
     template.write_text(template.read_text().replace("A", "B"))
     assert fp(LabelConfig(template=str(template)))["template_sha256"] != base["template_sha256"]
     assert fp(LabelConfig(template=str(template), engine_args={"dtype": "float32"}))["engine"]["dtype"] == "float32"

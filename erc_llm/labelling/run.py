@@ -20,6 +20,7 @@ from erc_llm.labelling.bias import BiasedScorer
 from erc_llm.labelling.config import LabelConfig
 from erc_llm.labelling.loop import Labelled, label_dialogues
 from erc_llm.labelling.writer import ResumableWriter
+from erc_llm.precision import cpu_dtype
 from erc_llm.prompting.config import PromptConfig
 
 ADAPTER_CONFIG_NAME = "erc_config.yaml"  # resolved SFT config saved beside the adapter by recipes/sft.py
@@ -257,5 +258,9 @@ def engine_settings(cfg: LabelConfig) -> dict:
         return {"endpoint": cfg.endpoint, "served_model_name": cfg.served_model_name}
     import torch
 
-    defaults = GPU_ENGINE_ARGS if torch.cuda.is_available() else CPU_ENGINE_ARGS
-    return {**defaults, **dict(cfg.engine_args or {}), "lora_mode": cfg.lora_mode, "seed": cfg.seed}
+    cuda = torch.cuda.is_available()
+    settings = {**(GPU_ENGINE_ARGS if cuda else CPU_ENGINE_ARGS), **dict(cfg.engine_args or {}),
+                "lora_mode": cfg.lora_mode, "seed": cfg.seed}
+    if not cuda:
+        settings["dtype"] = cpu_dtype(settings.get("dtype"), "vLLM engine (dtype: bfloat16)")
+    return settings

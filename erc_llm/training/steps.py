@@ -32,6 +32,7 @@ from erc_llm.data.speakers import SpeakerRegistry
 from erc_llm.evaluation.rundir import PredictionRecord, write_metrics, write_predictions
 from erc_llm.io import atomic_write_json, atomic_write_text
 from erc_llm.labelling.bias import choose_label_bias
+from erc_llm.precision import cpu_dtype
 from erc_llm.prompting.builder import PromptBuilder
 from erc_llm.prompting.dataset import build_prompt_builder
 from erc_llm.prompting.templates import template_text
@@ -99,18 +100,33 @@ def load_tokenizer(model_path: str, model_args: ERCModelConfig, training_args: E
     return tokenizer
 
 
+def on_cpu(training_args: ERCSFTConfig) -> bool:
+    """Whether this run trains on the CPU (use_cpu, or no CUDA device)."""
+    return bool(training_args.use_cpu or not torch.cuda.is_available())
+
+
+def apply_cpu_precision(model_args: ERCModelConfig, training_args: ERCSFTConfig) -> None:
+    """On a CPU without native bf16, bf16 weights and bf16 autocast run in float32 (`erc_llm.precision`); the
+    saved erc_config.yaml and run_summary.json then record float32. 4-bit QLoRA keeps its settings."""
+    if not on_cpu(training_args) or model_args.load_in_4bit:
+        return
+    model_args.dtype = cpu_dtype(model_args.dtype, "model weights (dtype: bfloat16)")
+    if training_args.bf16 and cpu_dtype("bfloat16", "autocast (bf16: true)") == "float32":
+        training_args.bf16 = False
+
+
 def load_model(model_path: str, model_args: ERCModelConfig, training_args: ERCSFTConfig):
     """The base causal LM (4-bit NF4 for QLoRA, on this process's GPU); PEFT wraps it inside the trainer."""
     quantization = get_quantization_config(model_args)
     dtype = model_args.dtype if model_args.dtype in ("auto", None) else getattr(torch, model_args.dtype)
     kwargs: dict[str, Any] = {"revision": model_args.model_revision, "dtype": dtype,
                               "trust_remote_code": training_args.trust_remote_code}
-    attn = model_args.attn_implementation or ("sdpa" if training_args.use_cpu or not torch.cuda.is_available() else None)
+    attn = model_args.attn_implementation or ("sdpa" if on_cpu(training_args) else None)
     if attn:
         kwargs["attn_implementation"] = attn
     if quantization is not None:
         kwargs["quantization_config"] = quantization
-        if training_args.use_cpu or not torch.cuda.is_available():
+        if on_cpu(training_args):
             kwargs["device_map"] = {"": "cpu"}  # bitsandbytes' CPU backend (tests; far too slow for real runs)
         else:
             from accelerate import PartialState
