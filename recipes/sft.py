@@ -72,7 +72,7 @@ def main() -> None:
 
     # ---- tokenizer and model -----------------------------------------------------------------------
     model_path = resolve_model(model_args.model_name_or_path)
-    apply_cpu_precision(model_args, training_args)  # bf16 -> float32 on a CPU without native bf16
+    precision_fallback = apply_cpu_precision(model_args, training_args)  # bf16 -> float32 without native bf16
     tokenizer = load_tokenizer(model_path, model_args, training_args)
     model = load_model(model_path, model_args, training_args)
 
@@ -81,7 +81,7 @@ def main() -> None:
                                        data_args.train_subsample, data_args.train_subsample_strategy,
                                        data_args.subsample_seed)
     logger.info("world size %d; %s", world_size(), data_info)
-    save_run_config(training_args.output_dir, data_args, training_args, model_args)
+    save_run_config(training_args.output_dir, data_args, training_args, model_args, as_asked=precision_fallback)
 
     # ---- train ---------------------------------------------------------------------------------------
     if training_args.eval_at_start:
@@ -110,7 +110,8 @@ def main() -> None:
         "train_tokens_per_second": round(trainer.train_tokens * world_size() / max(train_seconds, 1e-6), 1),
         "best_checkpoint": trainer.state.best_model_checkpoint, "best_dev_metric": trainer.state.best_metric,
         "dev_eval_seconds": trainer.dev_seconds, "bf16": training_args.bf16,
-        "dtype": str(model.dtype).removeprefix("torch."), "torch_threads": torch.get_num_threads(),
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "precision_fallback": precision_fallback, "torch_threads": torch.get_num_threads(),
         "resumed_from": resume, "ddp_find_unused_parameters": ddp_find_unused(trainer),
         "inline_self_predicted": trainer.inline_totals if training_args.packed_inline_self_predictions else None,
         "train_step_end_seconds": step_clock.step_ends, "train_step_lines": trainer.step_lines,

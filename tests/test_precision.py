@@ -49,11 +49,13 @@ def test_keep_bf16_overrides_the_fallback(native, monkeypatch) -> None:
 
 def test_sft_weights_and_autocast(native) -> None:
     _, training_args, model_args = load_recipe(QWEN_DEMO)  # dtype: bfloat16, bf16: false, use_cpu
-    apply_cpu_precision(model_args, training_args)
+    asked = apply_cpu_precision(model_args, training_args)
     assert model_args.dtype == ("bfloat16" if native else "float32") and training_args.bf16 is False
+    assert asked == ({} if native else {"dtype": "bfloat16"})  # what erc_config.yaml keeps: the recipe's value
     _, training_args, model_args = load_recipe(SMOKE)  # dtype: float32, bf16: true (autocast)
-    apply_cpu_precision(model_args, training_args)
+    asked = apply_cpu_precision(model_args, training_args)
     assert model_args.dtype == "float32" and training_args.bf16 is native
+    assert asked == ({} if native else {"bf16": True})
 
 
 def test_vllm_cpu_engine_settings(native) -> None:

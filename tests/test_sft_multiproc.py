@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from safetensors.torch import load_file
 from watched import free_port, run_watched
 
@@ -41,6 +42,7 @@ def test_sft_recipe_two_processes(tmp_path: Path, data_dir: Path) -> None:
     assert summary["world_size"] == 2
     # smoke.yaml: float32 weights, bf16 autocast, which runs only where the CPU has bf16 in hardware
     assert summary["dtype"] == "float32" and summary["bf16"] is cpu_has_native_bf16()
+    assert yaml.safe_load((out / "erc_config.yaml").read_text())["bf16"] is True  # the recipe's setting, as asked
     assert Path(summary["provenance"]["library"]) == REPO / "erc_llm"  # the checkout PYTHONPATH names
     assert summary["provenance"]["git_commit"] and summary["provenance"]["library_mismatch"] is None
     assert summary["train_steps"] == 3

@@ -105,14 +105,19 @@ def on_cpu(training_args: ERCSFTConfig) -> bool:
     return bool(training_args.use_cpu or not torch.cuda.is_available())
 
 
-def apply_cpu_precision(model_args: ERCModelConfig, training_args: ERCSFTConfig) -> None:
-    """On a CPU without native bf16, bf16 weights and bf16 autocast run in float32 (`erc_llm.precision`); the
-    saved erc_config.yaml and run_summary.json then record float32. 4-bit QLoRA keeps its settings."""
+def apply_cpu_precision(model_args: ERCModelConfig, training_args: ERCSFTConfig) -> dict[str, Any]:
+    """On a CPU without native bf16, bf16 weights and bf16 autocast run in float32 (`erc_llm.precision`). Returns
+    the settings it replaced with the values the recipe asked for: erc_config.yaml keeps those (the experiment, so
+    saved settings still match their recipe), run_summary.json records what ran. 4-bit QLoRA keeps its settings."""
+    asked: dict[str, Any] = {}
     if not on_cpu(training_args) or model_args.load_in_4bit:
-        return
-    model_args.dtype = cpu_dtype(model_args.dtype, "model weights (dtype: bfloat16)")
+        return asked
+    dtype = cpu_dtype(model_args.dtype, "model weights (dtype: bfloat16)")
+    if dtype != model_args.dtype:
+        asked["dtype"], model_args.dtype = model_args.dtype, dtype
     if training_args.bf16 and cpu_dtype("bfloat16", "autocast (bf16: true)") == "float32":
-        training_args.bf16 = False
+        asked["bf16"], training_args.bf16 = True, False
+    return asked
 
 
 def load_model(model_path: str, model_args: ERCModelConfig, training_args: ERCSFTConfig):
@@ -247,13 +252,15 @@ def command_line() -> str:
 
 
 def save_run_config(output_dir: str, data_args: ERCDataArguments, training_args: ERCSFTConfig,
-                    model_args: ERCModelConfig) -> None:
-    """Resolved config (YAML) and the prompt template text beside the adapter."""
+                    model_args: ERCModelConfig, as_asked: dict[str, Any] | None = None) -> None:
+    """Resolved config (YAML) and the prompt template text beside the adapter; `as_asked` (from
+    `apply_cpu_precision`) puts back the values the recipe asked for where this machine ran others."""
     if not is_main_process():
         return
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "erc_config.yaml", dump_yaml(resolved_config(data_args, model_args, training_args)))
+    config = {**resolved_config(data_args, model_args, training_args), **(as_asked or {})}
+    atomic_write_text(out / "erc_config.yaml", dump_yaml(config))
     atomic_write_text(out / "prompt_template.j2", template_text(data_args.template))
 
 
