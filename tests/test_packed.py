@@ -158,6 +158,37 @@ def test_gold_test_labels_never_reach_packed_labelling_prompts(meld_packed):
     assert inline and set(inline) == {"joy"}
 
 
+def test_emorynlp_label_glosses_are_fixed_text_added_to_the_transcript_prompt(data_dir):
+    """erc_packed_transcript_emorynlp_wheel.j2 on EmoryNLP test scenes with gold replaced by sentinels: every
+    labelling prompt is the plain transcript template's prompt plus one gloss line per label, the same lines in
+    every prompt, and no gold reaches it."""
+    config = dataclasses.replace(PACKED, template="erc_packed_transcript.j2", history_window=5)
+    plain = build_prompt_builder(config, "emorynlp", data_dir)
+    wheel = build_prompt_builder(dataclasses.replace(config, template="erc_packed_transcript_emorynlp_wheel.j2"),
+                                 "emorynlp", data_dir)
+    test = load_split("emorynlp", "test", data_dir).dialogues[:20]
+    marked = [dataclasses.replace(d, utterances=[dataclasses.replace(u, label=f"GOLD{i}")
+                                                 for i, u in enumerate(d.utterances)]) for d in test]
+    seen = {}
+    for name, builder in (("plain", plain), ("wheel", wheel)):
+        scorer = ConstantScorer("peaceful", builder.label_set.labels)
+        label_dialogues_packed(marked, builder, scorer, progress=False)
+        seen[name] = scorer.seen
+    assert len(seen["wheel"]) == len(seen["plain"]) == sum(len(d) for d in marked)
+    labels = wheel.label_set.labels
+    for plain_prompt, wheel_prompt in zip(seen["plain"], seen["wheel"]):
+        assert "GOLD" not in "\n".join(m["content"] for m in wheel_prompt)
+        assert [m["role"] for m in wheel_prompt] == [m["role"] for m in plain_prompt]
+        assert [m for m in wheel_prompt if m["role"] != "user"] == [m for m in plain_prompt if m["role"] != "user"]
+        (user,) = [m["content"].split("\n") for m in wheel_prompt if m["role"] == "user"]
+        (plain_user,) = [m["content"].split("\n") for m in plain_prompt if m["role"] == "user"]
+        glosses = user[1:1 + len(labels)]
+        assert [line.split(":")[0] for line in glosses] == list(labels)
+        assert user[:1] + user[1 + len(labels):] == plain_user
+    first = [m["content"] for m in seen["wheel"][0] if m["role"] == "user"][0].split("\n")[1:1 + len(labels)]
+    assert all(len(line.split(": ")[1].split(", ")) >= 4 for line in first[1:])
+
+
 def test_resumed_packed_labelling_builds_the_same_prompts(meld_packed):
     builder, _, test = meld_packed
     dialogues = test[:6]
